@@ -1,0 +1,1 @@
+"""One module per ``pari-bayes`` subcommand (see :mod:`pari_bayes.cli`)."""

@@ -1,0 +1,125 @@
+"""Safe outputs: atomic files and all-or-nothing output folders.
+
+A run writes into a hidden staging folder next to ``--out`` and moves it into place only
+when everything succeeded, so a crash, Ctrl-C or SIGTERM leaves either the previous
+contents of ``--out`` or the complete new results, never a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from pari_bayes.errors import OutputError
+
+__all__ = ["output_dir", "atomic_write_text", "atomic_write_bytes", "write_csv", "check_out_dir"]
+
+
+def check_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
+    """Check that ``out`` may be written.
+
+    Parameters
+    ----------
+    out
+        The output folder.
+    force
+        Allow replacing an existing non-empty folder.
+
+    Raises
+    ------
+    OutputError
+        If ``out`` is a file, or a non-empty folder and ``force`` is false.
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--out {path} is a file, not a folder; give a folder path.")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise OutputError(
+            f"--out {path} exists and is not empty; choose a new folder or pass --force "
+            "to replace its contents."
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so that cleanup code runs."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"received signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Stage an output folder and publish it atomically.
+
+    Yields a staging folder; write every result into it. On normal exit the staging folder
+    replaces ``out``; on any exception (including Ctrl-C and SIGTERM) it is deleted and
+    ``out`` is left as it was.
+
+    Examples
+    --------
+    >>> with output_dir("results", force=True) as tmp:  # doctest: +SKIP
+    ...     (tmp / "effects.csv").write_text("...")
+    """
+    path = check_out_dir(out, force=force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+    try:
+        with _signals_raise():
+            yield staging
+            if path.exists():
+                trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+                os.replace(path, trash / "old")
+                os.replace(staging, path)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike, float_format: str = "%.6g") -> Path:
+    """Write a data frame as CSV atomically, with a fixed float format (byte-reproducible)."""
+    return atomic_write_text(path, frame.to_csv(index=False, float_format=float_format, lineterminator="\n"))

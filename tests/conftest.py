@@ -1,0 +1,75 @@
+"""Shared fixtures: seeded fake surveys and paths to bundled data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pari_bayes._paths import DEFAULT_REGISTRY, PROJECT_ROOT
+from pari_bayes.codebook import load_codebook
+from pari_bayes.registry import load_registry
+
+TESTS_DIR = PROJECT_ROOT / "tests"
+
+
+def make_fake_survey(n: int = 40, seed: int = 1) -> pd.DataFrame:
+    """A small valid survey (codebook columns only) for the bundled registry.
+
+    Not calibrated to anything: it only has to satisfy the codebook and registry.
+    """
+    rng = np.random.default_rng(seed)
+    registry = load_registry()
+    codebook = load_codebook()
+    names = list(registry.names)
+    community = np.array([names[i % len(names)] for i in range(n)])
+    presence = np.array([registry[c].has_cbo for c in community])
+    limit = np.array([registry[c].max_residence_months for c in community])
+    size = rng.integers(1, 7, n)
+    employed = rng.binomial(size, 0.3)
+    frame = pd.DataFrame(
+        {
+            "household_id": [f"H{i:04d}" for i in range(n)],
+            "community": community,
+            "cbo_participation": (presence & (rng.random(n) < 0.5)).astype(int),
+            "residence_months": rng.integers(0, limit + 1),
+            "age": rng.integers(20, 90, n),
+            "gender": rng.integers(0, 2, n),
+            "urban_hukou": rng.integers(0, 2, n),
+            "offfarm_employed": rng.integers(0, 2, n),
+            "education": rng.integers(1, 4, n),
+            "household_size": size,
+            "household_income": np.round(rng.gamma(2.0, 400.0, n), 2),
+        }
+    )
+    for name in codebook.indicator_names:
+        col = codebook[name]
+        if col.type == "ordinal":
+            frame[name] = rng.choice(col.values, n)
+        elif col.type == "count":
+            frame[name] = rng.integers(0, int(col.max) + 1, n)
+    frame["human_capital"] = employed / size
+    frame["per_capita_employment_income"] = np.where(
+        employed > 0, np.round(rng.lognormal(6, 0.8, n), 2), 0.0
+    )
+    return frame[[c for c in codebook.columns if c in frame.columns]]
+
+
+@pytest.fixture
+def fake_frame() -> pd.DataFrame:
+    return make_fake_survey()
+
+
+@pytest.fixture
+def registry():
+    return load_registry()
+
+
+@pytest.fixture
+def codebook():
+    return load_codebook()
+
+
+@pytest.fixture
+def registry_path():
+    return DEFAULT_REGISTRY

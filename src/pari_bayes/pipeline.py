@@ -1,0 +1,372 @@
+"""The main job: every step of the pipeline on one survey, into one run folder.
+
+``pari-bayes run`` calls :func:`run_pipeline` inside a staged output folder, so a failed or
+interrupted run leaves nothing behind. Layout of a run folder::
+
+    run.json, data_summary.csv          the survey and its validation notices
+    calibration/                        calibration.csv, audit.csv (bundled synthetic survey)
+    ols/                                the paper's PCA + OLS baseline (Table 4)
+    identification/                     DAG, identification, positivity, refutations
+    fit/<model>/                        one folder per Bayesian model spec (models/*.toml)
+    ipw/                                design-based IPW estimates
+    effects_all.csv, effects_forest.png every method's DE/IE/TE/OE side by side
+    gate.csv                            convergence gate of every Bayesian model
+    report.html                         the self-contained report
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pari_bayes import __version__
+from pari_bayes._paths import DEFAULT_SURVEY, MODELS_DIR
+from pari_bayes.errors import ConvergenceError
+from pari_bayes.io import atomic_write_text, write_csv
+from pari_bayes.survey import EXPOSURE_GROUPS, Survey
+
+__all__ = ["RunOptions", "RunResult", "run_pipeline", "default_model_specs", "data_summary"]
+
+#: Model specs the main job fits, in this order (files in models/).
+DEFAULT_MODELS = ("table4_bayes", "multivariate", "latent")
+
+
+@dataclass
+class RunOptions:
+    """Options of the main job.
+
+    Attributes
+    ----------
+    seed
+        One seed for every random step.
+    models
+        Spec files (paths) to fit; the shipped specs by default.
+    allow_unconverged
+        Write outputs of models that fail the convergence gate (marked UNCONVERGED)
+        instead of stopping the run.
+    quick
+        Tiny MCMC runs for wiring checks (implies allow_unconverged; every output is marked).
+    progress
+        Show progress (off with ``--quiet``).
+    steps
+        Which steps to run (default all).
+    """
+
+    seed: int = 20240611
+    models: Sequence[Path] | None = None
+    allow_unconverged: bool = False
+    quick: bool = False
+    progress: bool = True
+    steps: Sequence[str] = ("calibration", "ols", "identification", "fit", "ipw", "report")
+
+
+@dataclass
+class RunResult:
+    """What a run produced."""
+
+    directory: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    gate: pd.DataFrame | None = None
+    effects: pd.DataFrame | None = None
+
+    @property
+    def gate_passed(self) -> bool:
+        """Whether every Bayesian model passed the convergence gate."""
+        return self.gate is None or bool(self.gate["passed"].all())
+
+
+def default_model_specs() -> list[Path]:
+    """The shipped model specs the main job fits."""
+    return [MODELS_DIR / f"{name}.toml" for name in DEFAULT_MODELS if (MODELS_DIR / f"{name}.toml").exists()]
+
+
+def data_summary(survey: Survey) -> pd.DataFrame:
+    """Households per community and exposure group, with residence ranges."""
+    rows = []
+    data = survey.data
+    for name in survey.communities:
+        sub = data[data["community"] == name]
+        row = {
+            "community": name,
+            "cbo_presence": int(survey.registry[name].has_cbo),
+            "households": len(sub),
+        }
+        for group in EXPOSURE_GROUPS:
+            row[group] = int((sub["exposure"] == group).sum())
+        row["residence_min"] = int(sub["residence_months"].min())
+        row["residence_max"] = int(sub["residence_months"].max())
+        row["residence_mean"] = round(float(sub["residence_months"].mean()), 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+class _Progress:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.console = None
+        if enabled:
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+
+    def step(self, text: str) -> None:
+        if self.console is not None:
+            self.console.log(f"[bold]{text}[/bold]")
+
+
+def _timed(result: RunResult, name: str, fn: Callable[[], object]) -> object:
+    start = time.perf_counter()
+    out = fn()
+    result.timings[name] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = None) -> RunResult:
+    """Run every step on ``survey`` and write the results into ``directory``.
+
+    Parameters
+    ----------
+    survey
+        A validated survey (:func:`pari_bayes.load_survey`).
+    directory
+        An existing, empty folder (the CLI passes a staging folder).
+    options
+        See :class:`RunOptions`.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    ConvergenceError
+        If a model fails the gate and ``allow_unconverged`` is false (after every other
+        output was written, so the caller can decide whether to keep them).
+    """
+    options = options or RunOptions()
+    directory = Path(directory)
+    progress = _Progress(options.progress)
+    result = RunResult(directory=directory)
+    steps = set(options.steps)
+    is_default = Path(survey.source).resolve() == DEFAULT_SURVEY.resolve()
+
+    write_csv(data_summary(survey), directory / "data_summary.csv")
+    method_effects: list[pd.DataFrame] = []
+    gate_rows: list[dict] = []
+    failures: list[str] = []
+
+    if "calibration" in steps and is_default:
+        progress.step("calibration against the published tables")
+        from pari_bayes.calibration import write_calibration
+
+        (directory / "calibration").mkdir()
+        _timed(result, "calibration", lambda: write_calibration(survey, directory / "calibration"))
+
+    table4 = None
+    if "ols" in steps:
+        progress.step("paper baseline: PCA scores and OLS Table 4")
+        from pari_bayes.estimation.ols import write_ols
+
+        (directory / "ols").mkdir()
+        table4 = _timed(result, "ols", lambda: write_ols(survey, directory / "ols", seed=options.seed))
+        method_effects.append(_ols_effects(table4))
+
+    if "identification" in steps:
+        progress.step("identification (DoWhy)")
+        from pari_bayes.identification import write_identification
+
+        (directory / "identification").mkdir()
+        _timed(
+            result,
+            "identification",
+            lambda: write_identification(survey, directory / "identification", seed=options.seed),
+        )
+
+    if "fit" in steps:
+        from pari_bayes.estimation.fitting import fit_spec_file
+
+        specs = list(options.models) if options.models is not None else default_model_specs()
+        (directory / "fit").mkdir()
+        for spec_path in specs:
+            name = Path(spec_path).stem
+            progress.step(f"Bayesian model {name}")
+            target = directory / "fit" / name
+            target.mkdir()
+            fit = _timed(
+                result,
+                f"fit:{name}",
+                lambda spec_path=spec_path, target=target: fit_spec_file(
+                    survey,
+                    spec_path,
+                    target,
+                    seed=options.seed,
+                    allow_unconverged=True,  # the gate is applied below, after all fits
+                    quick=options.quick,
+                    progress=options.progress,
+                ),
+            )
+            gate = fit.gate
+            gate_rows.append({"model": name, **gate})
+            if not gate["passed"]:
+                failures.append(f"{name}: {gate.get('reason', 'failed')}")
+            eff = pd.read_csv(target / "effects.csv")
+            eff.insert(0, "method", f"bayes:{name}")
+            method_effects.append(eff)
+
+    if "ipw" in steps:
+        progress.step("design-based IPW under partial interference")
+        from pari_bayes.estimation.ipw import write_ipw_survey
+
+        (directory / "ipw").mkdir()
+        _timed(result, "ipw", lambda: write_ipw_survey(survey, directory / "ipw", seed=options.seed))
+        common = directory / "ipw" / "ipw_effects_common.csv"
+        if common.exists():
+            eff = pd.read_csv(common)
+            eff.insert(0, "method", "ipw")
+            method_effects.append(eff)
+
+    if gate_rows:
+        result.gate = pd.DataFrame(gate_rows)
+        write_csv(result.gate, directory / "gate.csv")
+    if method_effects:
+        result.effects = pd.concat(method_effects, ignore_index=True)
+        write_csv(result.effects, directory / "effects_all.csv")
+        _forest_plot(result.effects, directory / "effects_forest.png")
+
+    meta = {
+        "package": "pari_bayes",
+        "version": __version__,
+        "data": str(survey.source),
+        "data_hash": survey.data_hash,
+        "seed": options.seed,
+        "quick": options.quick,
+        "summary": survey.summary(),
+        "notices": list(survey.notices),
+        "timings_s": result.timings,
+        "gate_passed": result.gate_passed,
+        "plain_summary": plain_summary(survey, result, table4),
+    }
+    atomic_write_text(directory / "run.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if "report" in steps:
+        progress.step("report.html")
+        from pari_bayes.report import build_report
+
+        build_report(directory)
+    if failures and not (options.allow_unconverged or options.quick):
+        raise ConvergenceError(
+            "convergence gate failed: " + "; ".join(failures)
+            + ". Re-run with more draws (see the spec's [sampler]) or pass "
+            "--allow-unconverged to keep the outputs marked UNCONVERGED."
+        )
+    return result
+
+
+def _ols_effects(table4) -> pd.DataFrame:
+    """DE/IE/TE rows of the OLS Models 2, 4, 6, 8 in the common effects format."""
+    coefs = table4.coefficients
+    mapping = {"cbo_participation": "TE", "cbo_existence": "IE", "DE": "DE"}
+    rows = []
+    for _, row in coefs.iterrows():
+        estimand = mapping.get(row["term"])
+        if estimand is None:
+            continue
+        se = float(row["se"])
+        mean = float(row["coef"])
+        rows.append(
+            {
+                "method": "ols",
+                "dimension": row["dimension"],
+                "estimand": estimand,
+                "alpha": np.nan,
+                "scope": "observed",
+                "mean": mean,
+                "sd": se,
+                "q05": mean - 1.6449 * se,
+                "q50": mean,
+                "q95": mean + 1.6449 * se,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _forest_plot(effects: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = effects[(effects["estimand"].isin(["DE", "IE", "TE"])) & (effects["scope"] == "observed")]
+    dims = list(dict.fromkeys(sub["dimension"]))
+    methods = list(dict.fromkeys(sub["method"]))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.6 + 0.45 * max(1, len(dims) * len(methods) / 2)), sharey=True)
+    colors = plt.get_cmap("tab10")
+    for ax, estimand in zip(axes, ["DE", "IE", "TE"], strict=True):
+        est = sub[sub["estimand"] == estimand]
+        labels, y = [], 0
+        for dim in dims:
+            for k, method in enumerate(methods):
+                row = est[(est["dimension"] == dim) & (est["method"] == method)]
+                if not row.empty:
+                    r = row.iloc[0]
+                    ax.errorbar(r["mean"], y, xerr=[[r["mean"] - r["q05"]], [r["q95"] - r["mean"]]],
+                                fmt="o", color=colors(k), label=method if dim == dims[0] else None)
+                labels.append(f"{dim} | {method}")
+                y += 1
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(estimand)
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels, fontsize=7)
+    axes[0].invert_yaxis()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=max(1, len(methods)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plain_summary(survey: Survey, result: RunResult, table4) -> list[str]:
+    """Plain-language statements of what the data can and cannot support."""
+    lines = []
+    with_cbo = [c for c in survey.communities if survey.registry[c].has_cbo]
+    without = [c for c in survey.communities if not survey.registry[c].has_cbo]
+    lines.append(
+        f"CBO presence varies only between communities: {len(with_cbo)} with CBOs "
+        f"({', '.join(with_cbo)}) and {len(without)} without ({', '.join(without)}). The spillover "
+        "effect (IE) therefore rests on a comparison of "
+        f"{len(with_cbo)} vs {len(without)} clusters; any community-level difference other "
+        "than CBOs (formation date, location, management) is confounded with it."
+    )
+    if len(with_cbo) < 5 or len(without) < 5:
+        lines.append(
+            "With this few clusters per arm, cluster-robust standard errors and the IPW sandwich "
+            "variance are unreliable; the wild cluster bootstrap and the Bayesian models with "
+            "an informative community-sd prior are the honest summaries, and their intervals "
+            "depend on that prior (see prior sensitivity)."
+        )
+    lines.append(
+        "The direct effect (DE) compares participants with non-participants inside CBO "
+        "communities. Participation was partly recruited by snowball sampling, so an "
+        "unmeasured trait such as prior sociability can drive both participation and "
+        "integration: DE is not identified without assuming that confounder away (see the "
+        "sensitivity analysis in the identification section)."
+    )
+    if result.effects is not None:
+        eff = result.effects
+        sel = eff[(eff["scope"] == "observed") & eff["estimand"].isin(["DE", "IE", "TE"])]
+        for (method, estimand), grp in sel.groupby(["method", "estimand"], sort=True):
+            pos = grp[(grp["q05"] > 0)]["dimension"].tolist()
+            neg = grp[(grp["q95"] < 0)]["dimension"].tolist()
+            text = f"{method}, {estimand}: 90% interval above zero for {', '.join(pos) or 'no dimension'}"
+            if neg:
+                text += f"; below zero for {', '.join(neg)}"
+            lines.append(text + ".")
+    if result.gate is not None and not result.gate_passed:
+        bad = result.gate.loc[~result.gate["passed"].astype(bool), "model"].tolist()
+        lines.append(f"UNCONVERGED: {', '.join(bad)} failed the convergence gate; do not report them.")
+    return lines

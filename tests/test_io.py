@@ -46,3 +46,17 @@ def test_atomic_write_text(tmp_path):
     path = atomic_write_text(tmp_path / "f.txt", "hello")
     assert path.read_text() == "hello"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_swallowed_interrupt_is_not_published(tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt), output_dir(out) as stage:
+        (stage / "partial.csv").write_text("x")
+        try:  # a sampler that catches Ctrl-C and returns partial draws
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass
+    assert list(tmp_path.iterdir()) == []

@@ -48,22 +48,32 @@ def check_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so that cleanup code runs."""
+class _Interrupts:
+    """SIGINT/SIGTERM handling while an output folder is staged.
 
-    def handler(signum, frame):  # noqa: ARG001
+    A signal raises KeyboardInterrupt (so cleanup runs) and is remembered: a sampler that
+    catches KeyboardInterrupt and returns partial draws cannot get its results published.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, frame):  # noqa: ARG002
+        self.received = signum
         raise KeyboardInterrupt(f"received signal {signum}")
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __enter__(self) -> _Interrupts:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not in the main thread: leave signals alone
+                break
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 @contextlib.contextmanager
@@ -83,8 +93,10 @@ def output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
     try:
-        with _signals_raise():
+        with _Interrupts() as interrupts:
             yield staging
+            if interrupts.received is not None:
+                raise KeyboardInterrupt(f"received signal {interrupts.received}")
             if path.exists():
                 trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
                 os.replace(path, trash / "old")

@@ -34,7 +34,7 @@ from pari_bayes.survey import EXPOSURE_GROUPS, Survey
 __all__ = ["RunOptions", "RunResult", "run_pipeline", "default_model_specs", "data_summary"]
 
 #: Model specs the main job fits, in this order (files in models/).
-DEFAULT_MODELS = ("table4_bayes", "multivariate", "latent")
+DEFAULT_MODELS = ("table4", "multivariate", "latent")
 
 
 @dataclass
@@ -268,30 +268,40 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
 
 
 def _ols_effects(table4) -> pd.DataFrame:
-    """DE/IE/TE rows of the OLS Models 2, 4, 6, 8 in the common effects format."""
+    """DE/IE/TE rows of the OLS Models 2, 4, 6, 8 in the common effects format.
+
+    Two rows per estimand: ``ols`` with classical standard errors (as the paper) and
+    ``ols_cr2`` with CR2 standard errors and Bell-McCaffrey t quantiles (few clusters).
+    """
+    from scipy import stats
+
     coefs = table4.coefficients
-    mapping = {"cbo_participation": "TE", "cbo_existence": "IE", "DE": "DE"}
+    mapping = {"cbo_participation": "TE", "cbo_existence": "IE", "direct_effect": "DE"}
     rows = []
     for _, row in coefs.iterrows():
         estimand = mapping.get(row["term"])
         if estimand is None:
             continue
-        se = float(row["se"])
         mean = float(row["coef"])
-        rows.append(
-            {
-                "method": "ols",
-                "dimension": row["dimension"],
-                "estimand": estimand,
-                "alpha": np.nan,
-                "scope": "observed",
-                "mean": mean,
-                "sd": se,
-                "q05": mean - 1.6449 * se,
-                "q50": mean,
-                "q95": mean + 1.6449 * se,
-            }
-        )
+        for method, se, df in (
+            ("ols", float(row["se"]), None),
+            ("ols_cr2", float(row["se_cr2"]), float(row["df_cr2"])),
+        ):
+            z = stats.norm.ppf(0.95) if df is None else stats.t.ppf(0.95, df)
+            rows.append(
+                {
+                    "method": method,
+                    "dimension": row["dimension"],
+                    "estimand": estimand,
+                    "alpha": np.nan,
+                    "scope": "observed",
+                    "mean": mean,
+                    "sd": se,
+                    "q05": mean - z * se,
+                    "q50": mean,
+                    "q95": mean + z * se,
+                }
+            )
     return pd.DataFrame(rows)
 
 

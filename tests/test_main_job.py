@@ -1,0 +1,222 @@
+"""End-to-end tests of the main job (`pari-bayes run`) on tiny MCMC draws.
+
+One quick run of the whole pipeline is shared by the report, privacy and reproducibility
+tests (session-scoped); the real run with the convergence gate is marked slow.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pari_bayes._paths import DEFAULT_SURVEY, MODELS_DIR, PROJECT_ROOT
+from pari_bayes.report import SECTIONS
+
+CLI = [sys.executable, "-m", "pari_bayes.cli"]
+PLANTED_NAME = "Wang Xiaoming"
+PLANTED_PHONE = "13912345678"
+
+
+def _run_cli(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT, env=env
+    )
+
+
+@pytest.fixture(scope="session")
+def planted_survey(tmp_path_factory) -> Path:
+    """The bundled survey with identifying columns planted (name, phone, free text)."""
+    frame = pd.read_csv(DEFAULT_SURVEY, dtype=str, keep_default_na=False)
+    frame.insert(1, "respondent_name", PLANTED_NAME)
+    frame.insert(2, "phone", PLANTED_PHONE)
+    frame["interviewer_notes"] = f"called {PLANTED_NAME} at {PLANTED_PHONE}"
+    path = tmp_path_factory.mktemp("planted") / "survey_with_pii.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, planted_survey) -> Path:
+    """One quick run of the whole pipeline on the bundled survey (plus planted PII)."""
+    out = tmp_path_factory.mktemp("runs") / "quick"
+    proc = _run_cli(["run", "--data", str(planted_survey), "--out", str(out), "--quick", "--quiet", "--seed", "11"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"report: {out.resolve() / 'report.html'}" in proc.stdout
+    return out
+
+
+def test_quick_run_writes_every_output(quick_run: Path) -> None:
+    for rel in [
+        "run.json",
+        "data_summary.csv",
+        "ols/ols_table4.csv",
+        "ols/pca.csv",
+        "identification/identification.json",
+        "ipw/ipw_effects.csv",
+        "effects_all.csv",
+        "gate.csv",
+        "report.html",
+    ]:
+        assert (quick_run / rel).exists(), rel
+    fits = sorted(p.name for p in (quick_run / "fit").iterdir())
+    assert fits == sorted(p.stem for p in MODELS_DIR.glob("*.toml"))
+    for name in fits:
+        assert (quick_run / "fit" / name / "posterior.nc").exists()
+        effects = pd.read_csv(quick_run / "fit" / name / "effects.csv")
+        assert {"dimension", "estimand", "alpha", "scope", "mean", "q05", "q95"} <= set(effects.columns)
+    gate = pd.read_csv(quick_run / "gate.csv")
+    # Tiny draws cannot pass the gate; a quick run must say so rather than hide it.
+    assert not gate["passed"].all()
+    meta = json.loads((quick_run / "run.json").read_text())
+    assert meta["quick"] is True and meta["gate_passed"] is False
+
+
+class _ReportParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: list[str] = []
+        self.tables: list[dict] = []
+        self._table = None
+        self._row = None
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append(attrs.get("id"))
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "table":
+            self._table = {"source": attrs.get("data-source"), "rows": []}
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self._table["rows"].append(self._row)
+            self._row = None
+        elif tag == "table" and self._table is not None:
+            self.tables.append(self._table)
+            self._table = None
+
+
+def test_report_is_complete_and_agrees_with_csvs(quick_run: Path) -> None:
+    from PIL import Image
+
+    html_text = (quick_run / "report.html").read_text()
+    parser = _ReportParser()
+    parser.feed(html_text)
+    parser.close()
+    assert parser.sections == list(SECTIONS)
+    assert "Convergence gate: FAILED" in html_text  # quick run: the gate status is at the top
+    assert html_text.index("Convergence gate") < html_text.index('id="summary"')
+    assert len(parser.images) >= 3
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", html_text)  # self-contained
+    sources = {t["source"] for t in parser.tables}
+    for needed in ["gate.csv", "ols/ols_table4.csv", "effects_all.csv", "ols/pca.csv"]:
+        assert needed in sources
+    for table in parser.tables:
+        if not table["source"]:
+            continue
+        csv = pd.read_csv(quick_run / table["source"], dtype=str, keep_default_na=False)
+        header, *rows = table["rows"]
+        assert header == [c for c in csv.columns if c in header]
+        for i, row in enumerate(rows):
+            expected = [str(csv.iloc[i][c]) for c in header]
+            assert row == expected, (table["source"], i)
+
+
+def test_no_planted_identity_in_any_output(quick_run: Path) -> None:
+    for path in quick_run.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            for secret in (PLANTED_NAME, PLANTED_PHONE, "respondent_name", "interviewer_notes"):
+                if secret in ("respondent_name", "interviewer_notes") and path.name in ("run.json", "report.html"):
+                    continue  # the notice names dropped columns, never their values
+                assert secret.encode() not in blob, (secret, path)
+
+
+def test_hash_ids_replaces_household_ids(tmp_path: Path, planted_survey: Path) -> None:
+    out = tmp_path / "hashed"
+    proc = _run_cli(["run", "--data", str(planted_survey), "--out", str(out), "--quiet", "--hash-ids", "--steps", "ols,fit", "--quick", "--model", str(MODELS_DIR / "multivariate.toml")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids = pd.read_csv(DEFAULT_SURVEY, dtype=str)["household_id"].tolist()
+    pattern = re.compile("|".join(re.escape(i) for i in ids[:50]).encode())
+    for path in out.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert PLANTED_PHONE.encode() not in blob
+            assert not pattern.search(blob), path
+    import arviz as az
+
+    idata = az.from_netcdf(out / "fit" / "multivariate" / "posterior.nc")
+    hh = [str(h) for h in idata.observed_data["household"].values]
+    assert all(h.startswith("h_") for h in hh)
+
+
+def test_same_seed_gives_identical_bytes(tmp_path: Path, quick_run: Path, planted_survey: Path) -> None:
+    out = tmp_path / "again"
+    proc = _run_cli(["run", "--data", str(planted_survey), "--out", str(out), "--quick", "--quiet", "--seed", "11"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rel in ["ols/ols_table4.csv", "ipw/ipw_effects.csv", "effects_all.csv"] + [
+        f"fit/{p.name}/effects.csv" for p in (quick_run / "fit").iterdir()
+    ]:
+        assert (out / rel).read_bytes() == (quick_run / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_killed_run_leaves_nothing(tmp_path: Path, sig) -> None:
+    out = tmp_path / "killed"
+    cmd = [*CLI, "fit", "--model", str(MODELS_DIR / "multivariate.toml"), "--out", str(out), "--draws", "20000", "--tune", "500"]
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    # Wait until the staging folder exists and the sampler has had time to start.
+    while time.time() < deadline and not any(p.name.startswith(".killed.staging") for p in tmp_path.iterdir()):
+        time.sleep(0.2)
+    time.sleep(20)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert list(tmp_path.iterdir()) == []
+    again = _run_cli(["fit", "--model", str(MODELS_DIR / "multivariate.toml"), "--out", str(out), "--draws", "30", "--tune", "30", "--allow-unconverged"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "effects.csv").exists()
+
+
+@pytest.mark.slow
+def test_main_job_passes_the_gate(tmp_path: Path) -> None:
+    out = tmp_path / "full"
+    start = time.perf_counter()
+    proc = _run_cli(["run", "--out", str(out), "--quiet"], timeout=1800)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gate = pd.read_csv(out / "gate.csv")
+    assert gate["passed"].all(), gate.to_string()
+    print(f"main job: {elapsed:.0f} s")

@@ -1,0 +1,707 @@
+"""The paper's baseline: OLS Models 1-8 of Table 4, with few-cluster inference.
+
+Models 1, 3, 5, 7 regress each dimension's PCA score on residence months and controls;
+Models 2, 4, 6, 8 add CBO participation and CBO existence (paper's coding: existence = 1
+only for non-participants in a CBO community), so the participation coefficient is the
+total effect, the existence coefficient the spillover effect, and their difference the
+direct effect. Besides the paper's classical standard errors, every coefficient gets
+cluster-robust (CR1, CR2) standard errors and a wild cluster bootstrap p-value, because the
+households sit in a handful of communities and CBO presence varies only between them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import stats
+from statsmodels.stats.outliers_influence import variance_inflation_factor
+
+from pari_bayes._paths import PUBLISHED_DIR
+from pari_bayes.codebook import DIMENSIONS, Codebook, load_codebook
+from pari_bayes.errors import EstimationError, PariBayesWarning, SurveyDataError
+from pari_bayes.estimation.few_clusters import (
+    WEBB_WEIGHTS,
+    cluster_codes,
+    cr2_tests,
+    webb_weights,
+    wild_cluster_bootstrap,
+)
+from pari_bayes.io import atomic_write_text, write_csv
+from pari_bayes.measurement.pca import PCAResult, pca_scores
+
+__all__ = [
+    "DEFAULT_SEED",
+    "MODELS",
+    "TERMS",
+    "Table4Result",
+    "fit_table4",
+    "stars",
+    "table4_markdown",
+    "write_ols",
+]
+
+DEFAULT_SEED = 20240611
+
+#: Our column -> the term name Table 4 prints, in the table's row order.
+TERMS = {
+    "residence_months": "residence_months",
+    "age": "age",
+    "gender": "gender",
+    "offfarm_employed": "employment",
+    "income_scale": "income_level",
+    "urban_hukou": "hukou",
+    "cbo_participation": "cbo_participation",
+    "cbo_existence": "cbo_existence",
+    "const": "const",
+}
+BASE_REGRESSORS = (
+    "residence_months",
+    "age",
+    "gender",
+    "offfarm_employed",
+    "income_scale",
+    "urban_hukou",
+)
+CBO_REGRESSORS = ("cbo_participation", "cbo_existence")
+DIRECT_EFFECT = "direct_effect"
+#: Row order of the outputs: Table 4's order, the implied direct effect after the CBO terms.
+TERM_ORDER = (*list(TERMS.values())[:8], DIRECT_EFFECT, "const")
+
+#: Model number -> (dimension, with CBO terms), as in Table 4.
+MODELS = {
+    2 * i + 1 + with_cbo: (dim, bool(with_cbo))
+    for i, dim in enumerate(DIMENSIONS)
+    for with_cbo in (0, 1)
+}
+
+LABELS = {
+    "residence_months": "Residence months",
+    "age": "Age",
+    "gender": "Gender (male = 1)",
+    "employment": "Off-farm employment",
+    "income_level": "Income (regression scale)",
+    "hukou": "Urban hukou",
+    "cbo_participation": "CBO participation (total effect)",
+    "cbo_existence": "CBO existence (spillover effect)",
+    DIRECT_EFFECT: "Implied direct effect (participation - existence)",
+    "const": "Constant",
+}
+
+COEF_COLUMNS = (
+    "model",
+    "dimension",
+    "with_cbo_terms",
+    "term",
+    "coef",
+    "se",
+    "t",
+    "p",
+    "stars",
+    "published_coef",
+    "published_se",
+    "published_stars",
+    "diff_in_se",
+    "se_cluster",
+    "p_cluster",
+    "stars_cluster",
+    "se_cr2",
+    "df_cr2",
+    "p_cr2",
+    "stars_cr2",
+    "p_wild",
+    "stars_wild",
+    "vif",
+    "published_vif",
+)
+FIT_COLUMNS = (
+    "model",
+    "dimension",
+    "with_cbo_terms",
+    "n",
+    "r2",
+    "adj_r2",
+    "aic",
+    "published_adj_r2",
+    "published_aic",
+    "published_n",
+    "diff_adj_r2",
+    "n_clusters",
+    "n_treated_clusters",
+)
+
+
+def stars(p: float) -> str:
+    """Significance stars as the paper prints them (* p<0.1, ** p<0.05, *** p<0.01)."""
+    if p is None or not np.isfinite(p):
+        return ""
+    return "***" if p < 0.01 else "**" if p < 0.05 else "*" if p < 0.1 else ""
+
+
+@dataclass
+class Table4Result:
+    """Table 4 reproduced, with few-cluster inference.
+
+    Attributes
+    ----------
+    coefficients
+        One row per (model, term), plus a ``direct_effect`` row per CBO model; columns
+        :data:`COEF_COLUMNS` (``ols_table4.csv``).
+    fit
+        One row per model: n, R2, adjusted R2, AIC beside the published values
+        (``ols_fit.csv``).
+    models
+        statsmodels results with classical standard errors, by model number.
+    cluster_models
+        The same fits with CR1 standard errors by community (t with G - 1 df).
+    pca
+        The measurement step, when the scores were computed here.
+    notes
+        Plain-language notes on the design and on what the inference can say.
+    n_clusters, n_treated_clusters
+        Communities, and communities with CBOs.
+    n_boot, seed
+        Wild bootstrap draws and seed.
+
+    """
+
+    coefficients: pd.DataFrame
+    fit: pd.DataFrame
+    models: dict[int, object]
+    cluster_models: dict[int, object]
+    pca: PCAResult | None
+    notes: list[str] = field(default_factory=list)
+    n_clusters: int = 0
+    n_treated_clusters: int = 0
+    n_boot: int = 0
+    seed: int = DEFAULT_SEED
+
+
+def _published() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    coefs = pd.read_csv(PUBLISHED_DIR / "table4_ols.csv", keep_default_na=False)
+    coefs["coef"] = coefs["coef"].astype(float)
+    coefs["se"] = coefs["se"].astype(float)
+    fit = pd.read_csv(PUBLISHED_DIR / "table4_fit.csv")
+    covariates = pd.read_csv(PUBLISHED_DIR / "table3_covariates.csv")
+    return coefs, fit, covariates
+
+
+def _check_inputs(data: pd.DataFrame, scores: pd.DataFrame, cluster: str) -> None:
+    needed = [*BASE_REGRESSORS, *CBO_REGRESSORS, cluster]
+    missing = [c for c in needed if c not in data.columns]
+    if missing:
+        raise SurveyDataError(
+            f"Table 4 needs column(s) {', '.join(missing)}; pass Survey.data from "
+            "pari_bayes.load_survey (it derives cbo_existence and income_scale)."
+        )
+    absent = [d for d in DIMENSIONS if d not in scores.columns]
+    if absent:
+        raise EstimationError(
+            f"scores lack dimension column(s) {', '.join(absent)}; expected "
+            f"{', '.join(DIMENSIONS)} (e.g. pca_scores(...).scores)."
+        )
+    if not scores.index.equals(data.index):
+        raise EstimationError(
+            "scores are not indexed like data; compute them from the same rows "
+            "(pca_scores(data, codebook).scores)."
+        )
+    for name in [*BASE_REGRESSORS, *CBO_REGRESSORS]:
+        if not np.all(np.isfinite(data[name].to_numpy(dtype=float))):
+            raise SurveyDataError(f"column {name} holds missing or infinite values.")
+    for dim in DIMENSIONS:
+        if not np.all(np.isfinite(scores[dim].to_numpy(dtype=float))):
+            raise EstimationError(f"score {dim} holds missing or infinite values.")
+
+
+def _design(data: pd.DataFrame, with_cbo: bool, model: int) -> pd.DataFrame:
+    columns = [*BASE_REGRESSORS, *(CBO_REGRESSORS if with_cbo else ())]
+    X = data[columns].astype(float).copy()
+    flat = [c for c in columns if X[c].nunique() < 2]
+    if flat:
+        values = ", ".join(f"{c} = {X[c].iloc[0]:g}" for c in flat)
+        raise EstimationError(
+            f"Model {model}: regressor(s) do not vary ({values} for every household), so "
+            "the model is not identified. A survey without both CBO participants and "
+            "non-participants in CBO communities cannot fit Models 2, 4, 6 and 8."
+        )
+    X["const"] = 1.0
+    if np.linalg.matrix_rank(X.to_numpy()) < X.shape[1]:
+        raise EstimationError(
+            f"Model {model}: the regressors {', '.join(columns)} are collinear; "
+            "Table 4 cannot be fitted on this survey."
+        )
+    return X
+
+
+def _vif(X: pd.DataFrame) -> dict[str, float]:
+    values = X.to_numpy()
+    return {
+        name: float(variance_inflation_factor(values, j))
+        for j, name in enumerate(X.columns)
+        if name != "const"
+    }
+
+
+def _treated_clusters(data: pd.DataFrame, cluster: str) -> int:
+    if "cbo_presence" in data.columns:
+        presence = data["cbo_presence"]
+    else:
+        presence = data["cbo_participation"] + data["cbo_existence"]
+    return int((presence.groupby(data[cluster]).max() > 0).sum())
+
+
+def fit_table4(
+    data: pd.DataFrame,
+    scores: pd.DataFrame | None = None,
+    n_boot: int = 999,
+    seed: int = DEFAULT_SEED,
+    codebook: Codebook | None = None,
+    cluster: str = "community",
+) -> Table4Result:
+    """Fit Table 4's Models 1-8 with classical, cluster-robust and bootstrap inference.
+
+    Parameters
+    ----------
+    data
+        Validated survey rows (``Survey.data``).
+    scores
+        Outcome scores, one column per dimension, indexed like ``data``; the paper's PCA
+        scores (:func:`pari_bayes.measurement.pca_scores`) when omitted.
+    n_boot
+        Wild cluster bootstrap draws (Webb weights); 0 skips the bootstrap.
+    seed
+        Seed of the bootstrap weights (same seed, same p-values).
+    codebook
+        Codebook for the PCA when ``scores`` is omitted; the bundled one by default.
+    cluster
+        Column holding the cluster (community) of each household.
+
+    Returns
+    -------
+    Table4Result
+
+    Raises
+    ------
+    SurveyDataError
+        If a needed column is missing or holds missing values.
+    EstimationError
+        If a model is not identified (a regressor does not vary, collinear regressors)
+        or the scores do not match the data.
+
+    Examples
+    --------
+    >>> import pari_bayes as pb
+    >>> from pari_bayes.estimation.ols import fit_table4
+    >>> survey = pb.load_survey()  # doctest: +SKIP
+    >>> table = fit_table4(survey.data, codebook=survey.codebook)  # doctest: +SKIP
+    >>> table.coefficients.query("term == 'cbo_existence'")  # doctest: +SKIP
+
+    """
+    pca = None
+    if scores is None:
+        pca = pca_scores(data, codebook if codebook is not None else load_codebook())
+        scores = pca.scores
+    _check_inputs(data, scores, cluster)
+    if n_boot < 0:
+        raise EstimationError(f"n_boot must be 0 or more; got {n_boot}.")
+    pub_coefs, pub_fit, pub_cov = _published()
+    pub_coefs = pub_coefs.set_index(["model", "term"])
+    pub_fit = pub_fit.set_index("model")
+    pub_vif = dict(zip(pub_cov["variable"], pub_cov["vif"].astype(float), strict=True))
+    labels, codes = cluster_codes(data[cluster].astype(str))
+    n_clusters = len(labels)
+    n_treated = _treated_clusters(data, cluster)
+    clustered = n_clusters >= 2
+    weights = webb_weights(n_clusters, n_boot, seed) if clustered and n_boot > 0 else None
+    coef_rows: list[dict] = []
+    fit_rows: list[dict] = []
+    models: dict[int, object] = {}
+    cluster_models: dict[int, object] = {}
+    for model, (dim, with_cbo) in MODELS.items():
+        X = _design(data, with_cbo, model)
+        y = scores[dim].astype(float)
+        res = sm.OLS(y, X).fit()
+        models[model] = res
+        names = list(X.columns)
+        contrasts = np.eye(len(names))
+        row_terms = [TERMS[c] for c in names]
+        if with_cbo:
+            de = np.zeros(len(names))
+            de[names.index("cbo_participation")] = 1.0
+            de[names.index("cbo_existence")] = -1.0
+            contrasts = np.vstack([contrasts, de])
+            row_terms.append(DIRECT_EFFECT)
+        est = contrasts @ res.params.to_numpy()
+        se = np.sqrt(np.einsum("hk,kl,hl->h", contrasts, res.cov_params().to_numpy(), contrasts))
+        t = est / se
+        p = 2 * stats.t.sf(np.abs(t), res.df_resid)
+        nan = np.full(len(contrasts), np.nan)
+        se_cl, p_cl, se_cr2, df_cr2, p_cr2, p_wild = nan, nan, nan, nan, nan, nan
+        if clustered:
+            res_cl = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
+            cluster_models[model] = res_cl
+            v_cl = res_cl.cov_params().to_numpy()
+            se_cl = np.sqrt(np.einsum("hk,kl,hl->h", contrasts, v_cl, contrasts))
+            p_cl = 2 * stats.t.sf(np.abs(est / se_cl), n_clusters - 1)
+            _, se_cr2, df_cr2 = cr2_tests(X.to_numpy(), res.resid.to_numpy(), codes, contrasts)
+            p_cr2 = 2 * stats.t.sf(np.abs(est / se_cr2), df_cr2)
+            if weights is not None:
+                p_wild, _ = wild_cluster_bootstrap(
+                    X.to_numpy(), y.to_numpy(), codes, contrasts, weights=weights
+                )
+        vif = _vif(X)
+        for h, term in enumerate(row_terms):
+            key = (model, term)
+            has_pub = key in pub_coefs.index
+            pub_coef = float(pub_coefs.loc[key, "coef"]) if has_pub else np.nan
+            pub_se = float(pub_coefs.loc[key, "se"]) if has_pub else np.nan
+            pub_stars = str(pub_coefs.loc[key, "stars"]) if has_pub else ""
+            if term == DIRECT_EFFECT:
+                pp, pe = (model, "cbo_participation"), (model, "cbo_existence")
+                if pp in pub_coefs.index and pe in pub_coefs.index:
+                    pub_coef = float(pub_coefs.loc[pp, "coef"] - pub_coefs.loc[pe, "coef"])
+            column = names[h] if h < len(names) else None
+            coef_rows.append(
+                {
+                    "model": model,
+                    "dimension": dim,
+                    "with_cbo_terms": int(with_cbo),
+                    "term": term,
+                    "coef": est[h],
+                    "se": se[h],
+                    "t": t[h],
+                    "p": p[h],
+                    "stars": stars(p[h]),
+                    "published_coef": pub_coef,
+                    "published_se": pub_se,
+                    "published_stars": pub_stars,
+                    "diff_in_se": (est[h] - pub_coef) / pub_se if has_pub else np.nan,
+                    "se_cluster": se_cl[h],
+                    "p_cluster": p_cl[h],
+                    "stars_cluster": stars(p_cl[h]),
+                    "se_cr2": se_cr2[h],
+                    "df_cr2": df_cr2[h],
+                    "p_cr2": p_cr2[h],
+                    "stars_cr2": stars(p_cr2[h]),
+                    "p_wild": p_wild[h],
+                    "stars_wild": stars(p_wild[h]),
+                    "vif": vif.get(column, np.nan) if column else np.nan,
+                    "published_vif": (
+                        pub_vif.get(term, np.nan) if with_cbo and term != "const" else np.nan
+                    ),
+                }
+            )
+        has_fit = model in pub_fit.index
+        pub_r2 = float(pub_fit.loc[model, "adj_r2"]) if has_fit else np.nan
+        fit_rows.append(
+            {
+                "model": model,
+                "dimension": dim,
+                "with_cbo_terms": int(with_cbo),
+                "n": int(res.nobs),
+                "r2": res.rsquared,
+                "adj_r2": res.rsquared_adj,
+                "aic": res.aic,
+                "published_adj_r2": pub_r2,
+                "published_aic": float(pub_fit.loc[model, "aic"]) if has_fit else np.nan,
+                "published_n": float(pub_fit.loc[model, "n"]) if has_fit else np.nan,
+                "diff_adj_r2": res.rsquared_adj - pub_r2,
+                "n_clusters": n_clusters,
+                "n_treated_clusters": n_treated,
+            }
+        )
+    coefficients = pd.DataFrame(coef_rows, columns=list(COEF_COLUMNS))
+    order = {t: i for i, t in enumerate(TERM_ORDER)}
+    coefficients = coefficients.sort_values(
+        ["model", "term"], key=lambda s: s.map(order) if s.name == "term" else s
+    ).reset_index(drop=True)
+    notes = _design_notes(n_clusters, n_treated, n_boot, seed)
+    if n_clusters < 10:
+        warnings.warn(notes[0], PariBayesWarning, stacklevel=2)
+    return Table4Result(
+        coefficients=coefficients,
+        fit=pd.DataFrame(fit_rows, columns=list(FIT_COLUMNS)),
+        models=models,
+        cluster_models=cluster_models,
+        pca=pca,
+        notes=notes,
+        n_clusters=n_clusters,
+        n_treated_clusters=n_treated,
+        n_boot=n_boot,
+        seed=seed,
+    )
+
+
+def _design_notes(n_clusters: int, n_treated: int, n_boot: int, seed: int) -> list[str]:
+    g = n_clusters
+    notes = [
+        f"FEW CLUSTERS: the households sit in {g} communities and CBO presence varies only "
+        f"between them ({n_treated} with CBOs, {g - n_treated} without), so the existence "
+        f"(spillover) coefficient compares {n_treated} communities with {g - n_treated}; "
+        "classical standard errors treat the households as independent and overstate "
+        "certainty."
+    ]
+    if g >= 2:
+        notes.append(
+            f"CR1: cluster-robust by community with the G/(G-1)(N-1)/(N-K) correction; "
+            f"p-values from a t distribution with G - 1 = {g - 1} df."
+        )
+        notes.append(
+            "CR2: Bell-McCaffrey bias-reduced cluster-robust SE; p-values from a t "
+            "distribution with Bell-McCaffrey (Satterthwaite) df, shown as df_cr2."
+        )
+        if n_boot > 0:
+            notes.append(
+                f"Wild cluster bootstrap: restricted (null imposed), Webb six-point weights, "
+                f"{n_boot} draws, seed {seed}; with {g} clusters there are only "
+                f"{len(WEBB_WEIGHTS) ** g} distinct weight vectors ({2**g} with Rademacher)."
+            )
+    if n_treated <= 2 or g - n_treated <= 2:
+        notes.append(
+            f"With only {min(n_treated, g - n_treated)} treated (or control) clusters no "
+            "cluster-robust method is reliable (MacKinnon and Webb 2017): the wild "
+            "bootstrap tends to under-reject and CR1 to over-reject. Read the CBO "
+            "coefficients as weakly informed by the data, not as settled."
+        )
+    return notes
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _cell(coef: float, se: float, star: str) -> str:
+    if not np.isfinite(coef):
+        return ""
+    se_text = f" ({se:.3f})" if np.isfinite(se) else ""
+    return f"{coef:.3f}{star}{se_text}"
+
+
+def _p(p: float) -> str:
+    return "" if not np.isfinite(p) else f"{p:.3f}"
+
+
+def _sig_label(star: str) -> str:
+    return star if star else "n.s."
+
+
+def _few_cluster_section(result: Table4Result) -> list[str]:
+    c = result.coefficients
+    cbo = c[c["term"].isin([*CBO_REGRESSORS, DIRECT_EFFECT])]
+    lines = ["## Few-cluster inference for the CBO coefficients", ""]
+    lines += [f"- {note}" for note in result.notes]
+    if result.n_clusters < 2:
+        return [*lines, "", "One cluster only: no cluster-robust inference is possible.", ""]
+    lines += [
+        "",
+        "| Model | Dimension | Term | Coef | Paper | p classical | SE CR1 | p CR1 | "
+        "SE CR2 | df CR2 | p CR2 | p wild |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in cbo.iterrows():
+        paper = (
+            _cell(r.published_coef, r.published_se, r.published_stars)
+            if r.term != DIRECT_EFFECT
+            else (f"{r.published_coef:.3f} (implied)" if np.isfinite(r.published_coef) else "")
+        )
+        lines.append(
+            f"| {r.model} | {r.dimension} | {r.term} | {r.coef:.3f}{r.stars} | {paper} | "
+            f"{_p(r.p)} | {r.se_cluster:.3f} | {_p(r.p_cluster)} | {r.se_cr2:.3f} | "
+            f"{r.df_cr2:.2f} | {_p(r.p_cr2)} | {_p(r.p_wild)} |"
+        )
+    lines.append("")
+    main = cbo[cbo["term"].isin(CBO_REGRESSORS)]
+    paper_sig = main[main["published_stars"] != ""]
+    methods = {
+        "our classical SEs": "stars",
+        "CR1 (t, G-1 df)": "stars_cluster",
+        "CR2 (Bell-McCaffrey df)": "stars_cr2",
+        "the wild cluster bootstrap": "stars_wild",
+    }
+    if main["p_wild"].isna().all():
+        del methods["the wild cluster bootstrap"]
+    counts = ", ".join(
+        f"{int((main[col] != '').sum())} with {name}" for name, col in methods.items()
+    )
+    lines.append(
+        f"**Counts.** The paper marks {len(paper_sig)} of the {len(main)} CBO coefficients "
+        f"significant at the 10% level; on this survey {counts}."
+    )
+    lines.append("")
+    lines.append("**Coefficient by coefficient** (paper / classical / CR1 / CR2 / wild):")
+    lines.append("")
+    for _, r in main.iterrows():
+        marks = [r.published_stars, r.stars, r.stars_cluster, r.stars_cr2, r.stars_wild]
+        verdict = _verdict(r)
+        lines.append(
+            f"- Model {r.model}, {r.term} on {r.dimension}: "
+            + " / ".join(_sig_label(m) for m in marks)
+            + f" (p wild = {_p(r.p_wild) or 'n/a'}). {verdict}"
+        )
+    lines.append("")
+    survive = main[(main["published_stars"] != "") & (main["stars_wild"] != "")]
+    lost = main[(main["published_stars"] != "") & (main["stars_wild"] == "")]
+    if len(paper_sig) and np.all(np.isfinite(main["p_wild"])):
+        if len(survive) == 0:
+            lines.append(
+                "**Conclusion.** None of the paper's significant CBO effects survives the wild "
+                "cluster bootstrap: with these few communities the data cannot tell a CBO "
+                "effect from a community difference."
+            )
+        else:
+            kept = ", ".join(f"Model {r.model} {r.term}" for _, r in survive.iterrows())
+            lines.append(
+                f"**Conclusion.** {len(survive)} of the paper's {len(paper_sig)} significant CBO "
+                f"effects stay significant under the wild cluster bootstrap ({kept}); "
+                f"{len(lost)} lose significance."
+            )
+        lines.append("")
+    return lines
+
+
+def _verdict(r) -> str:
+    paper = r.published_stars != ""
+    robust = [s for s in (r.stars_cluster, r.stars_cr2, r.stars_wild) if s != ""]
+    if paper and not robust:
+        return "The paper's significance does not survive any few-cluster method."
+    if paper and len(robust) < 3:
+        return "Significance depends on the method: fragile."
+    if paper:
+        return "Significant under every method shown."
+    if robust:
+        return "Not significant in the paper; some cluster method flags it (see caveats)."
+    return "Not significant in the paper nor here."
+
+
+def table4_markdown(result: Table4Result, source: str = "") -> str:
+    """Render Table 4 side by side (ours | published), fit, few-cluster section and PCA.
+
+    Parameters
+    ----------
+    result
+        The fitted table.
+    source
+        What the survey was (file and hash), printed in the header.
+
+    """
+    c, fit = result.coefficients, result.fit.set_index("model")
+    lines = ["# Table 4 reproduced: OLS Models 1-8 (ours | published)", ""]
+    if source:
+        lines += [f"Survey: {source}", ""]
+    lines += [
+        "Cells: coefficient with stars (* p<0.1, ** p<0.05, *** p<0.01; classical SEs as in "
+        "the paper) and standard error in parentheses. The outcome of each model is the "
+        "first principal component of its dimension's indicators, standardized.",
+        "",
+    ]
+    term_order = TERM_ORDER
+    for dim in DIMENSIONS:
+        models = [m for m, (d, _) in MODELS.items() if d == dim]
+        lines.append(f"## {dim.replace('_', ' ').capitalize()} (Models {models[0]}-{models[-1]})")
+        lines.append("")
+        header = "| Variable | " + " | ".join(f"M{m} ours | M{m} paper" for m in models) + " |"
+        lines += [header, "|---" * (1 + 2 * len(models)) + "|"]
+        for term in term_order:
+            cells = []
+            present = False
+            for m in models:
+                row = c[(c["model"] == m) & (c["term"] == term)]
+                if row.empty:
+                    cells += ["", ""]
+                    continue
+                present = True
+                r = row.iloc[0]
+                ours = _cell(r.coef, r.se, r.stars)
+                if term == DIRECT_EFFECT:
+                    paper = (
+                        f"{r.published_coef:.3f} (implied)" if np.isfinite(r.published_coef) else ""
+                    )
+                else:
+                    paper = _cell(r.published_coef, r.published_se, r.published_stars)
+                cells += [ours, paper]
+            if present:
+                lines.append(f"| {LABELS[term]} | " + " | ".join(cells) + " |")
+        for label, col, pub, fmt in (
+            ("Adj. R2", "adj_r2", "published_adj_r2", "{:.3f}"),
+            ("AIC", "aic", "published_aic", "{:.0f}"),
+            ("N", "n", "published_n", "{:.0f}"),
+        ):
+            cells = []
+            for m in models:
+                ours = fmt.format(fit.loc[m, col])
+                paper = fmt.format(fit.loc[m, pub]) if np.isfinite(fit.loc[m, pub]) else ""
+                cells += [ours, paper]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    printed = c[np.isfinite(c["diff_in_se"])]
+    if len(printed):
+        worst = printed.loc[printed["diff_in_se"].abs().idxmax()]
+        within1 = int((printed["diff_in_se"].abs() <= 1).sum())
+        stars_same = int((printed["stars"] == printed["published_stars"]).sum())
+        lines += [
+            "## Distance from the published table",
+            "",
+            f"- {within1} of {len(printed)} printed coefficients lie within 1 published SE; "
+            f"the worst is Model {worst.model} {worst.term} "
+            f"({worst.diff_in_se:+.2f} published SEs).",
+            f"- Stars agree on {stars_same} of {len(printed)} coefficients.",
+            f"- Largest adjusted-R2 miss: {result.fit['diff_adj_r2'].abs().max():.3f}.",
+            "",
+        ]
+    lines += _few_cluster_section(result)
+    if result.pca is not None:
+        lines += ["## Measurement (PCA, section 3.3.1)", ""]
+        lines += [
+            "| Dimension | Kaiser components | PC1 share % | paper | KMO | paper | Bartlett chi2 "
+            "| p | paper p |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        notes = [f"- {note}" for note in result.pca.notes]
+        for _, r in result.pca.summary().iterrows():
+            lines.append(
+                f"| {r.dimension} | {r.n_components_kaiser} | {r.variance_explained_pct:.2f} | "
+                f"{r.published_variance_explained_pct:.2f} | {r.kmo:.3f} | "
+                f"{r.published_kmo:.3f} | {r.bartlett_chi2:.1f} | {r.bartlett_p:.3g} | "
+                f"{r.published_bartlett_p:.3f} |"
+            )
+        lines += ["", *notes, ""] if notes else [""]
+    return "\n".join(lines)
+
+
+def write_ols(
+    survey,
+    directory: str | Path,
+    seed: int = DEFAULT_SEED,
+    n_boot: int = 999,
+) -> Table4Result:
+    """Run the paper's pipeline (PCA -> OLS) and write its files into ``directory``.
+
+    Writes ``ols_table4.csv``, ``ols_fit.csv``, ``pca.csv`` and ``table4.md``.
+
+    Parameters
+    ----------
+    survey
+        A validated :class:`pari_bayes.survey.Survey`.
+    directory
+        An existing folder (the CLI passes a staging folder).
+    seed, n_boot
+        Wild cluster bootstrap seed and draws.
+
+    Returns
+    -------
+    Table4Result
+
+    """
+    directory = Path(directory)
+    pca = pca_scores(survey.data, survey.codebook)
+    result = fit_table4(survey.data, scores=pca.scores, n_boot=n_boot, seed=seed)
+    result.pca = pca
+    write_csv(result.coefficients, directory / "ols_table4.csv")
+    write_csv(result.fit, directory / "ols_fit.csv")
+    write_csv(pca.diagnostics, directory / "pca.csv")
+    source = f"{survey.source} ({survey.n_households} households, sha256 {survey.data_hash[:12]})"
+    atomic_write_text(directory / "table4.md", table4_markdown(result, source=source) + "\n")
+    return result

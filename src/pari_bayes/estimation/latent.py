@@ -1,0 +1,1323 @@
+"""Joint Bayesian measurement and structural multilevel model of latent integration factors.
+
+Entry point: :func:`fit_latent_spec` (what ``pari-bayes fit`` calls for a spec with
+``kind = "latent"``). It writes ``posterior.nc``, ``effects.csv``, ``diagnostics.csv``,
+``factor_scores.csv`` (and ``loo.csv`` when invariance variants are compared).
+
+The model, for household ``i`` in community ``c[i]`` and factor ``d``::
+
+    eta[i, d] = community_mean[c[i], d] + x[i] @ beta[:, d]
+                + direct_effect[d] * participation[i] + disturbance[i, d]
+    community_mean[c, d] = spillover_effect[d] * presence[c] + community_sd[d] * z[c, d]
+    disturbance[i] = L @ u[i],  u[i] ~ Normal(0, I),  L L' = R ~ LKJ(eta_lkj)
+    item j of factor d:  y[i, j] ~ item likelihood(loading[j] * eta[i, d], item parameters)
+
+Identification (stated and enforced):
+
+- location: the structural equation has no intercept (item cutpoints/intercepts absorb it)
+  and covariates are centred, so ``eta`` has mean 0 in a community without CBOs at average
+  covariates;
+- scale: the household disturbance has unit variance (``R`` is a correlation matrix), so
+  effects are in units of the within-community residual sd of the factor;
+- sign and labels: every loading is positive (log-normal prior, log-transformed in the
+  sampler) and every item loads on exactly one declared factor, so "higher = more
+  integrated", and sign flips and label switching cannot occur.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import tomllib
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pari_bayes.errors import ConvergenceError, EstimationError, SpecError
+from pari_bayes.io import write_csv
+from pari_bayes.measurement.items import (
+    _PAD,
+    ITEM_KINDS,
+    ItemData,
+    ItemSpec,
+    masked_normal_logp,
+    ordinal_logp,
+    prepare_items,
+)
+
+__all__ = [
+    "INVARIANCE_OPTIONS",
+    "LatentSpec",
+    "LatentDesign",
+    "LatentFitResult",
+    "parse_latent_spec",
+    "load_latent_spec",
+    "latent_design",
+    "build_latent_model",
+    "sample_latent",
+    "latent_effects",
+    "factor_scores",
+    "latent_diagnostics",
+    "fit_latent_spec",
+    "data_updates",
+    "compile_latent",
+    "sample_compiled",
+    "simulate_from_prior",
+    "FALLBACK_COVARIATES",
+]
+
+#: Measurement invariance across communities.
+INVARIANCE_OPTIONS = ("full", "loadings_by_community", "thresholds_by_community")
+
+#: FALLBACK: used only while pari_bayes.identification is not importable (Table 4's controls:
+#: residence, age, gender, hukou, off-farm employment, income level).
+FALLBACK_COVARIATES = (
+    "residence_months",
+    "age",
+    "gender",
+    "urban_hukou",
+    "offfarm_employed",
+    "income_scale",
+)
+
+_DEFAULT_PRIORS: dict[str, Any] = {
+    # Effects are in sd units of the factor's household disturbance; N(0, 1) allows effects
+    # as large as the whole within-community spread.
+    "effect_sd": 1.0,
+    # Covariates are standardized; 0.5 lets one sd of a covariate move the factor by half an sd.
+    "beta_sd": 0.5,
+    # Four communities cannot estimate a between-community sd by themselves: HalfNormal(0.3)
+    # says community means (beyond CBO presence) rarely differ by more than ~0.6 sd, which is
+    # the size of the batch/period differences seen in the paper's Table 1 scores.
+    "community_sd": 0.3,
+    "lkj_eta": 2.0,
+    # Loadings on the logit scale: LogNormal(0, 0.5) has a 90% interval 0.44-2.3, positive and
+    # away from 0 (a loading at 0 would make the factor's sign unidentified).
+    "loading_mu": 0.0,
+    "loading_sigma": 0.5,
+    # For hurdle items the log amount is standardized, so loadings are on the sd scale.
+    "hurdle_loading_mu": -0.7,
+    "hurdle_loading_sigma": 0.5,
+    "cutpoint_sd": 2.5,
+    "intercept_sd": 2.5,
+    "hurdle_sigma": 1.0,
+    # sd of community deviations of loadings (log scale) / intercepts under non-invariance.
+    "invariance_sd": 0.5,
+}
+
+_DEFAULT_SAMPLER: dict[str, Any] = {
+    "name": "nutpie",
+    "draws": 1000,
+    "tune": 1000,
+    "chains": 4,
+    "cores": 2,
+    "target_accept": 0.9,
+    "low_rank_mass_matrix": False,
+}
+
+
+@dataclass
+class LatentSpec:
+    """A parsed latent-model spec (``models/latent.toml``)."""
+
+    name: str
+    factors: tuple[str, ...]
+    items: tuple[ItemSpec, ...]
+    treatment: str = "cbo_participation"
+    presence: str = "cbo_presence"
+    group: str = "community"
+    covariates: tuple[str, ...] | None = None  # None: take from the identification layer
+    invariance: str = "full"
+    compare_invariance: tuple[str, ...] = ()
+    priors: dict[str, Any] = field(default_factory=lambda: dict(_DEFAULT_PRIORS))
+    sampler: dict[str, Any] = field(default_factory=lambda: dict(_DEFAULT_SAMPLER))
+    alphas: tuple[float, ...] = (0.25, 0.5)
+    gate: dict[str, float] = field(
+        default_factory=lambda: {
+            "r_hat": 1.01,
+            "ess_bulk": 400.0,
+            "ess_tail": 400.0,
+            "parameters": 0.0,
+        }
+    )
+    source: str = "<dict>"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _where(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentSpec:
+    """Check and parse a latent-model spec.
+
+    Parameters
+    ----------
+    raw
+        The TOML content as a mapping.
+    source
+        File name for messages.
+
+    Returns
+    -------
+    LatentSpec
+
+    Raises
+    ------
+    SpecError
+        Naming the key, the value received and what is allowed.
+    """
+    w = _where(source)
+    kind = raw.get("kind", "latent")
+    if kind != "latent":
+        raise SpecError(f'{w}kind = {kind!r}; this parser reads kind = "latent" specs only.')
+    factors_raw = raw.get("factors")
+    if isinstance(factors_raw, Mapping):
+        factors_raw = factors_raw.get("names")
+    if not factors_raw or not all(isinstance(f, str) for f in factors_raw):
+        raise SpecError(
+            f"{w}[factors] names must be a non-empty list of factor names, got {factors_raw!r}"
+        )
+    factors = tuple(factors_raw)
+    if len(set(factors)) != len(factors):
+        raise SpecError(f"{w}factor names repeat: {list(factors)}")
+    items_raw = raw.get("items")
+    if not items_raw:
+        raise SpecError(
+            f"{w}no [[items]] declared; declare each indicator with name, type, factor."
+        )
+    items = []
+    known_keys = {"name", "type", "factor", "levels", "trials", "proportion", "zero_model"}
+    for k, entry in enumerate(items_raw):
+        where = f"{w}[[items]] #{k + 1}"
+        extra = set(entry) - known_keys
+        if extra:
+            raise SpecError(
+                f"{where}: unknown key(s) {sorted(extra)}; allowed: {sorted(known_keys)}"
+            )
+        for key in ("name", "type", "factor"):
+            if key not in entry:
+                raise SpecError(f"{where}: missing {key!r}")
+        if entry["factor"] not in factors:
+            raise SpecError(
+                f"{where} ({entry['name']}): factor {entry['factor']!r} is not declared; "
+                f"declared factors: {', '.join(factors)}"
+            )
+        if entry["type"] not in ITEM_KINDS:
+            raise SpecError(
+                f"{where} ({entry['name']}): type {entry['type']!r} is unknown; allowed: "
+                + ", ".join(ITEM_KINDS)
+            )
+        items.append(
+            ItemSpec(
+                name=entry["name"],
+                kind=entry["type"],
+                factor=entry["factor"],
+                levels=tuple(int(v) for v in entry["levels"]) if "levels" in entry else None,
+                trials=entry.get("trials"),
+                proportion=bool(entry.get("proportion", False)),
+                zero_model=bool(entry.get("zero_model", True)),
+            )
+        )
+    names = [it.name for it in items]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SpecError(f"{w}item(s) declared twice: {', '.join(dup)}")
+    empty = [f for f in factors if f not in {it.factor for it in items}]
+    if empty:
+        raise SpecError(f"{w}factor(s) without items: {', '.join(empty)}")
+    structural = dict(raw.get("structural", {}))
+    covariates = structural.get("covariates", "identification")
+    if covariates == "identification":
+        covariates = None
+    elif not isinstance(covariates, list) or not all(isinstance(c, str) for c in covariates):
+        raise SpecError(
+            f'{w}[structural] covariates must be "identification" or a list of column names, '
+            f"got {covariates!r}"
+        )
+    else:
+        covariates = tuple(covariates)
+    measurement = dict(raw.get("measurement", {}))
+    invariance = measurement.get("invariance", raw.get("invariance", "full"))
+    compare = tuple(measurement.get("compare_invariance", ()))
+    for value in (invariance, *compare):
+        if value not in INVARIANCE_OPTIONS:
+            raise SpecError(f"{w}invariance = {value!r}; allowed: {', '.join(INVARIANCE_OPTIONS)}")
+    priors = dict(_DEFAULT_PRIORS)
+    # [latent_priors]: plain numbers (the multilevel [priors] tables do not apply here)
+    for key, value in dict(raw.get("latent_priors", {})).items():
+        if key not in _DEFAULT_PRIORS:
+            raise SpecError(
+                f"{w}[latent_priors] {key!r} is unknown; allowed: {sorted(_DEFAULT_PRIORS)}"
+            )
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise SpecError(f"{w}[latent_priors] {key} must be a number, got {value!r}")
+        priors[key] = float(value)
+    for key in ("effect_sd", "beta_sd", "community_sd", "lkj_eta", "loading_sigma", "cutpoint_sd"):
+        if priors[key] <= 0:
+            raise SpecError(f"{w}[latent_priors] {key} must be positive, got {priors[key]}")
+    sampler = dict(_DEFAULT_SAMPLER)
+    for key, value in dict(raw.get("sampler", {})).items():
+        if key == "sampler":  # the multilevel spec's name for it
+            key = "name"
+        if key in ("seed", "prior_draws"):  # used by the multilevel spec only
+            continue
+        if key not in _DEFAULT_SAMPLER:
+            raise SpecError(f"{w}[sampler] {key!r} is unknown; allowed: {sorted(_DEFAULT_SAMPLER)}")
+        sampler[key] = value
+    if sampler["name"] not in ("nutpie", "pymc"):
+        raise SpecError(f"{w}[sampler] name = {sampler['name']!r}; allowed: nutpie, pymc")
+    effects = dict(raw.get("effects", {}))
+    alphas = tuple(float(a) for a in effects.get("alphas", (0.25, 0.5)))
+    if any(not 0 <= a <= 1 for a in alphas):
+        raise SpecError(f"{w}[effects] alphas must lie in [0, 1], got {list(alphas)}")
+    gate = {"r_hat": 1.01, "ess_bulk": 400.0, "ess_tail": 400.0, "parameters": 0.0}
+    gate.update({k: float(v) for k, v in dict(raw.get("gate", {})).items()})
+    return LatentSpec(
+        name=str(raw.get("name", Path(source).stem if source else "latent")),
+        factors=factors,
+        items=tuple(items),
+        treatment=structural.get("treatment", "cbo_participation"),
+        presence=structural.get("presence", "cbo_presence"),
+        group=structural.get("group", "community"),
+        covariates=covariates,
+        invariance=invariance,
+        compare_invariance=compare,
+        priors=priors,
+        sampler=sampler,
+        alphas=alphas,
+        gate=gate,
+        source=source,
+        raw=dict(raw),
+    )
+
+
+def load_latent_spec(spec: str | os.PathLike | Mapping[str, Any] | LatentSpec | Any) -> LatentSpec:
+    """Read a latent spec from a path, a mapping, a :class:`LatentSpec` or a parsed spec object.
+
+    Parsed spec objects of the multilevel spec module are accepted when they carry the TOML
+    content as ``raw`` (or ``data``) and optionally ``path``.
+    """
+    if isinstance(spec, LatentSpec):
+        return spec
+    if isinstance(spec, Mapping):
+        return parse_latent_spec(spec)
+    if isinstance(spec, str | os.PathLike):
+        path = Path(spec)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SpecError(f"{path}: cannot read the model spec: {exc}") from exc
+        return parse_latent_spec(raw, source=str(path))
+    for attr in ("raw", "data", "content"):
+        raw = getattr(spec, attr, None)
+        if isinstance(raw, Mapping):
+            source = str(getattr(spec, "path", getattr(spec, "source", "<spec>")))
+            return parse_latent_spec(raw, source=source)
+    raise SpecError(f"cannot read a latent spec from a {type(spec).__name__}")
+
+
+# --------------------------------------------------------------------------------------
+# Design
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LatentDesign:
+    """Data of one fit: structural design and measurement data."""
+
+    households: np.ndarray
+    communities: tuple[str, ...]
+    community_index: np.ndarray
+    presence: np.ndarray  # per community
+    participation: np.ndarray
+    covariates: tuple[str, ...]
+    x: np.ndarray  # standardized, (n, p)
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    covariate_mask: np.ndarray  # (p, d) True where covariate enters factor d's equation
+    items: ItemData
+    adjustment_source: str = "identification"
+
+    @property
+    def n(self) -> int:
+        """Number of households."""
+        return len(self.households)
+
+
+def _adjustment_sets(survey: Any, spec: LatentSpec) -> tuple[dict[str, tuple[str, ...]], str]:
+    """Covariates per factor, from the spec or the identification layer."""
+    if spec.covariates is not None:
+        return {f: spec.covariates for f in spec.factors}, "spec"
+    try:
+        from pari_bayes.identification import identify
+    except ImportError:  # FALLBACK until pari_bayes.identification exists
+        warnings.warn(
+            "pari_bayes.identification is not available; using the fallback adjustment set "
+            + ", ".join(FALLBACK_COVARIATES),
+            stacklevel=3,
+        )
+        return {f: FALLBACK_COVARIATES for f in spec.factors}, "fallback"
+    result = identify(survey, refute=False)
+    sets = {}
+    for f in spec.factors:
+        chosen: list[str] = []
+        for estimand in ("DE", "IE"):
+            for col in result.adjustment_set(estimand, f):
+                if col not in chosen:
+                    chosen.append(col)
+        sets[f] = tuple(chosen)
+    return sets, "identification"
+
+
+def latent_design(
+    survey: Any, spec: LatentSpec, adjustment: Mapping[str, Sequence[str]] | None = None
+) -> LatentDesign:
+    """Build the design of a latent fit from a survey.
+
+    Parameters
+    ----------
+    survey
+        A :class:`pari_bayes.survey.Survey`.
+    spec
+        Parsed spec.
+    adjustment
+        Covariates per factor; by default from the spec or the identification layer.
+    """
+    frame = survey.data
+    source = "given"
+    if adjustment is None:
+        adjustment, source = _adjustment_sets(survey, spec)
+    for name in (spec.treatment, spec.presence, spec.group):
+        if name not in frame.columns:
+            raise SpecError(
+                f"{spec.source}: column {name!r} (structural part) is not in the survey"
+            )
+    covariates: list[str] = []
+    for f in spec.factors:
+        for col in adjustment.get(f, ()):
+            if col not in frame.columns:
+                raise SpecError(
+                    f"{spec.source}: covariate {col!r} (factor {f}) is not a survey column"
+                )
+            if col not in covariates:
+                covariates.append(col)
+    mask = np.array(
+        [[col in adjustment.get(f, ()) for f in spec.factors] for col in covariates], dtype=bool
+    ).reshape(len(covariates), len(spec.factors))
+    x = frame[covariates].to_numpy(dtype=float) if covariates else np.zeros((len(frame), 0))
+    x_mean = x.mean(axis=0)
+    x_scale = x.std(axis=0)
+    x_scale[x_scale == 0] = 1.0
+    registry = getattr(survey, "registry", None)
+    present = list(pd.unique(frame[spec.group]))
+    if registry is not None:
+        order = [c for c in registry.names if c in set(present)]
+    else:
+        order = sorted(present)
+    index = pd.Index(order)
+    community_index = index.get_indexer(frame[spec.group])
+    presence = frame.groupby(spec.group)[spec.presence].max().reindex(order).to_numpy(dtype=float)
+    items = prepare_items(frame, spec.items, spec.factors)
+    households = (
+        frame["household_id"].astype(str).to_numpy()
+        if "household_id" in frame.columns
+        else np.array([f"h{i}" for i in range(len(frame))])
+    )
+    return LatentDesign(
+        households=households,
+        communities=tuple(order),
+        community_index=community_index,
+        presence=presence,
+        participation=frame[spec.treatment].to_numpy(dtype=float),
+        covariates=tuple(covariates),
+        x=(x - x_mean) / x_scale,
+        x_mean=x_mean,
+        x_scale=x_scale,
+        covariate_mask=mask,
+        items=items,
+        adjustment_source=source,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------
+
+
+def _anchor_mask(items: Sequence[ItemSpec]) -> np.ndarray:
+    """Flag the items that may vary by community (every item but each factor's first)."""
+    seen: set[str] = set()
+    free = []
+    for it in items:
+        free.append(it.factor in seen)
+        seen.add(it.factor)
+    return np.array(free, dtype=bool)
+
+
+def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str | None = None):
+    """Build the PyMC model of the joint measurement + structural model.
+
+    Parameters
+    ----------
+    design
+        From :func:`latent_design`.
+    spec
+        Parsed spec (priors, invariance).
+    invariance
+        Overrides ``spec.invariance``.
+
+    Returns
+    -------
+    pymc.Model
+    """
+    import pymc as pm
+    import pytensor.tensor as pt
+    from pymc.distributions.transforms import ordered
+
+    invariance = invariance or spec.invariance
+    pri = spec.priors
+    data = design.items
+    items = data.items
+    n_comm = len(design.communities)
+    n_fac = len(spec.factors)
+    coords = {
+        "household": design.households,
+        "community": list(design.communities),
+        "dimension": list(spec.factors),
+        "dimension_bis": list(spec.factors),
+        "indicator": [it.name for it in items],
+        "covariate": list(design.covariates),
+    }
+    item_pos = {it.name: j for j, it in enumerate(items)}
+    free = _anchor_mask(items)
+    with pm.Model(coords=coords) as model:
+        x = pm.Data("covariates", design.x, dims=("household", "covariate"))
+        part = pm.Data("participation", design.participation, dims="household")
+        presence = pm.Data("presence", design.presence, dims="community")
+        # (n, C) one-hot membership: a dense product is much cheaper than an indexed gather
+        comm_onehot = pm.Data(
+            "community_onehot",
+            np.eye(n_comm)[design.community_index],
+            dims=("household", "community"),
+        )
+
+        # ---- structural part
+        direct = pm.Normal("direct_effect", 0.0, pri["effect_sd"], dims="dimension")
+        spill = pm.Normal("spillover_effect", 0.0, pri["effect_sd"], dims="dimension")
+        rows, cols = np.nonzero(design.covariate_mask)
+        if rows.size:
+            beta_free = pm.Normal("beta_free", 0.0, pri["beta_sd"], shape=rows.size)
+            beta = pt.zeros((len(design.covariates), n_fac))[rows, cols].set(beta_free)
+            pm.Deterministic("beta", beta, dims=("covariate", "dimension"))
+            structural = pt.dot(x, beta)
+        else:
+            structural = pt.zeros((design.n, n_fac))
+        comm_sd = pm.HalfNormal("community_sd", pri["community_sd"], dims="dimension")
+        comm_z = pm.Normal("community_z", 0.0, 1.0, dims=("community", "dimension"))
+        comm_mean = pm.Deterministic(
+            "community_mean",
+            presence[:, None] * spill[None, :] + comm_sd[None, :] * comm_z,
+            dims=("community", "dimension"),
+        )
+        if n_fac > 1:
+            corr = pm.LKJCorr("corr_raw", n=n_fac, eta=pri["lkj_eta"], return_matrix=True)
+            pm.Deterministic("disturbance_corr", corr, dims=("dimension", "dimension_bis"))
+            chol = pt.linalg.cholesky(corr)
+        else:
+            chol = pt.eye(1)
+        u = pm.Normal("household_z", 0.0, 1.0, dims=("household", "dimension"))
+        disturbance = pt.dot(u, chol.T)
+        eta = pm.Deterministic(
+            "eta",
+            pt.dot(comm_onehot, comm_mean)
+            + structural
+            + part[:, None] * direct[None, :]
+            + disturbance,
+            dims=("household", "dimension"),
+        )
+
+        # ---- measurement part: one positive loading per item
+        mu = np.array(
+            [
+                pri["hurdle_loading_mu"] if it.kind == "hurdle_lognormal" else pri["loading_mu"]
+                for it in items
+            ]
+        )
+        sd = np.array(
+            [
+                pri["hurdle_loading_sigma"]
+                if it.kind == "hurdle_lognormal"
+                else pri["loading_sigma"]
+                for it in items
+            ]
+        )
+        loading = pm.LogNormal("loading", mu=mu, sigma=sd, dims="indicator")
+        n_free = int(free.sum())
+        shift = None
+        log_dev = None
+        if invariance != "full" and n_free:
+            model.add_coord(
+                "indicator_free", [it.name for it, f in zip(items, free, strict=True) if f]
+            )
+            dev_z = pm.Normal("invariance_z", 0.0, 1.0, dims=("community", "indicator_free"))
+            full = pt.zeros((n_comm, len(items)))[:, np.flatnonzero(free)].set(
+                pri["invariance_sd"] * dev_z
+            )
+            if invariance == "loadings_by_community":
+                log_dev = pm.Deterministic(
+                    "loading_log_deviation", full, dims=("community", "indicator")
+                )
+            else:
+                shift = pm.Deterministic("intercept_shift", full, dims=("community", "indicator"))
+
+        def item_linear(group_items):
+            """(n, J) loading * factor value of each item of a type (+ community shifts)."""
+            g_item = np.array([item_pos[it.name] for it in group_items])
+            eta_items = pt.dot(eta, data.factor_matrix(group_items))
+            lam = loading[g_item][None, :]
+            if log_dev is not None:
+                lam = lam * pt.exp(pt.dot(comm_onehot, log_dev[:, g_item]))
+            lin = lam * eta_items
+            if shift is not None:
+                lin = lin + pt.dot(comm_onehot, shift[:, g_item])
+            return lin
+
+        if data.ordinal is not None:
+            od = data.ordinal
+            k_max = int(od.n_categories.max())
+            model.add_coord("ordinal_indicator", [it.name for it in od.items])
+            blocks, order = [], []
+            for k in sorted(set(od.n_categories.tolist())):
+                members = np.flatnonzero(od.n_categories == k)
+                model.add_coord(f"ordinal_{k}", [od.items[m].name for m in members])
+                model.add_coord(f"cut_{k}", np.arange(k - 1))
+                init = np.tile(np.linspace(-1.0, 1.0, k - 1), (members.size, 1))
+                cuts = pm.Normal(
+                    f"cutpoints_{k}",
+                    0.0,
+                    pri["cutpoint_sd"],
+                    dims=(f"ordinal_{k}", f"cut_{k}"),
+                    transform=ordered if k > 2 else None,
+                    initval=init,
+                )
+                blocks.append(
+                    pt.concatenate(
+                        [
+                            pt.as_tensor(np.full((members.size, 1), -_PAD)),
+                            cuts,
+                            pt.as_tensor(np.full((members.size, k_max - k + 1), _PAD)),
+                        ],
+                        axis=1,
+                    )
+                )
+                order.extend(members.tolist())
+            padded = pt.concatenate(blocks, axis=0)[np.argsort(order)]  # (J, K_max + 1)
+            onehot = pm.Data(
+                "ordinal_onehot", np.eye(k_max)[od.category]
+            )  # (n, J, K_max): the observed category as a one-hot mask
+            category = pm.Data("ordinal_category", od.category)
+            lower_cut = (onehot * padded[None, :, :-1]).sum(axis=-1)
+            upper_cut = (onehot * padded[None, :, 1:]).sum(axis=-1)
+            pm.CustomDist(
+                "y_ordinal",
+                item_linear(od.items),
+                lower_cut,
+                upper_cut,
+                od.mask,
+                logp=ordinal_logp,
+                dtype="int64",
+                observed=category,
+                dims=("household", "ordinal_indicator"),
+            )
+
+        if data.binomial is not None:
+            bd = data.binomial
+            model.add_coord("binomial_indicator", [it.name for it in bd.items])
+            intercept = pm.Normal("intercept", 0.0, pri["intercept_sd"], dims="binomial_indicator")
+            pm.Binomial(
+                "y_binomial",
+                n=pm.Data("binomial_trials", bd.trials),
+                logit_p=intercept[None, :] + item_linear(bd.items),
+                observed=pm.Data("binomial_count", bd.count),
+                dims=("household", "binomial_indicator"),
+            )
+
+        if data.hurdle is not None:
+            hd = data.hurdle
+            model.add_coord("hurdle_indicator", [it.name for it in hd.items])
+            h_mu = pm.Normal("log_amount_mean", 0.0, 1.0, dims="hurdle_indicator")
+            h_sigma = pm.HalfNormal("log_amount_sd", pri["hurdle_sigma"], dims="hurdle_indicator")
+            pm.CustomDist(
+                "y_hurdle_amount",
+                h_mu[None, :] + item_linear(hd.items),
+                h_sigma[None, :] * np.ones_like(hd.log_value),
+                pm.Data("hurdle_positive_mask", (hd.positive * hd.mask).astype(float)),
+                logp=masked_normal_logp,
+                observed=pm.Data("hurdle_log_amount", hd.log_value),
+                dims=("household", "hurdle_indicator"),
+            )
+            zm = np.flatnonzero(hd.zero_model)
+            if zm.size:
+                zitems = [hd.items[j] for j in zm]
+                model.add_coord("hurdle_zero_indicator", [it.name for it in zitems])
+                z_int = pm.Normal(
+                    "zero_intercept", 0.0, pri["intercept_sd"], dims="hurdle_zero_indicator"
+                )
+                z_load = pm.LogNormal(
+                    "zero_loading",
+                    pri["loading_mu"],
+                    pri["loading_sigma"],
+                    dims="hurdle_zero_indicator",
+                )
+                pm.Binomial(
+                    "y_hurdle_positive",
+                    n=hd.mask[:, zm].astype(int),
+                    logit_p=z_int[None, :]
+                    + z_load[None, :] * pt.dot(eta, data.factor_matrix(zitems)),
+                    observed=hd.positive[:, zm],
+                    dims=("household", "hurdle_zero_indicator"),
+                )
+    return model
+
+
+# --------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------
+
+
+def data_updates(items: ItemData) -> dict[str, np.ndarray]:
+    """Values of the model's data containers for new answers to the same items.
+
+    With these, a compiled model is reused for another data set of the same design
+    (``compiled.with_data(**data_updates(...))``): simulation studies compile once.
+    """
+    out: dict[str, np.ndarray] = {}
+    if items.ordinal is not None:
+        k_max = int(items.ordinal.n_categories.max())
+        out["ordinal_onehot"] = np.eye(k_max)[items.ordinal.category]
+        out["ordinal_category"] = items.ordinal.category
+    if items.binomial is not None:
+        out["binomial_trials"] = items.binomial.trials
+        out["binomial_count"] = items.binomial.count
+    if items.hurdle is not None:
+        out["hurdle_positive_mask"] = (items.hurdle.positive * items.hurdle.mask).astype(float)
+        out["hurdle_log_amount"] = items.hurdle.log_value
+    return out
+
+
+def compile_latent(model):
+    """Compile a latent model for nutpie (single-threaded BLAS)."""
+    import nutpie
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return nutpie.compile_pymc_model(model)
+
+
+def sample_compiled(compiled, sampler: Mapping[str, Any], seed: int, data: Mapping | None = None):
+    """Sample a compiled nutpie model, optionally with new data (see :func:`data_updates`)."""
+    import nutpie
+    from threadpoolctl import threadpool_limits
+
+    if data:
+        known = getattr(compiled, "shared_data", data)
+        compiled = compiled.with_data(**{k: v for k, v in data.items() if k in known})
+    with threadpool_limits(limits=1):
+        return nutpie.sample(
+            compiled,
+            draws=int(sampler["draws"]),
+            tune=int(sampler["tune"]),
+            chains=int(sampler["chains"]),
+            cores=int(sampler["cores"]),
+            seed=int(seed),
+            target_accept=float(sampler["target_accept"]),
+            low_rank_modified_mass_matrix=bool(sampler.get("low_rank_mass_matrix", False)),
+            progress_bar=False,
+            save_warmup=False,
+        )
+
+
+def sample_latent(model, sampler: Mapping[str, Any], seed: int):
+    """Sample the model with nutpie (default) or PyMC's NUTS.
+
+    Returns
+    -------
+    (arviz.InferenceData, dict)
+        The trace and timings (``compile_s``, ``sample_s``).
+    """
+    from threadpoolctl import threadpool_limits
+
+    # Multi-threaded BLAS on these small matrices is 10x slower than one thread on a busy
+    # machine (threads spin-wait); parallelism comes from running chains side by side.
+    with threadpool_limits(limits=1):
+        return _sample(model, sampler, seed)
+
+
+def _sample(model, sampler: Mapping[str, Any], seed: int):
+    import pymc as pm
+
+    name = sampler.get("name", "nutpie")
+    t0 = time.perf_counter()
+    if name == "nutpie":
+        import nutpie
+
+        compiled = nutpie.compile_pymc_model(model)
+        t1 = time.perf_counter()
+        idata = sample_compiled(compiled, sampler, seed)
+    else:
+        t1 = time.perf_counter()
+        with model:
+            idata = pm.sample(
+                draws=int(sampler["draws"]),
+                tune=int(sampler["tune"]),
+                chains=int(sampler["chains"]),
+                cores=int(sampler["cores"]),
+                random_seed=int(seed),
+                target_accept=float(sampler["target_accept"]),
+                progressbar=False,
+                compute_convergence_checks=False,
+            )
+    t2 = time.perf_counter()
+    return idata, {"compile_s": t1 - t0, "sample_s": t2 - t1, "wall_s": t2 - t0}
+
+
+# --------------------------------------------------------------------------------------
+# Effects by g-computation
+# --------------------------------------------------------------------------------------
+
+
+def _stack(idata, name: str) -> np.ndarray:
+    arr = idata.posterior[name]
+    return arr.stack(sample=("chain", "draw")).transpose("sample", ...).to_numpy()
+
+
+def _potential_outcome_means(
+    idata, design: LatentDesign, scope: str, seed: int
+) -> dict[tuple[int, int], np.ndarray]:
+    """Mean factor value over the sample's households under (a, s), per draw: (S, D) arrays."""
+    direct = _stack(idata, "direct_effect")
+    spill = _stack(idata, "spillover_effect")
+    n_draws, n_fac = direct.shape
+    if "beta" in idata.posterior:
+        beta = _stack(idata, "beta")  # (S, P, D)
+        xbar = np.einsum("p,spd->sd", design.x.mean(axis=0), beta)
+    else:
+        xbar = np.zeros((n_draws, n_fac))
+    comm_sd = _stack(idata, "community_sd")
+    if scope == "observed":
+        z = _stack(idata, "community_z")  # (S, C, D)
+        weights = np.bincount(design.community_index, minlength=z.shape[1]) / design.n
+        comm = np.einsum("c,scd->sd", weights, z) * comm_sd
+    else:  # a community not yet surveyed: a fresh draw of its residual community effect
+        rng = np.random.default_rng(seed)
+        comm = rng.standard_normal((n_draws, n_fac)) * comm_sd
+    out = {}
+    for a in (0, 1):
+        for s in (0, 1):
+            out[(a, s)] = comm + xbar + a * direct + s * spill
+    return out
+
+
+def _effect_row(dimension: str, estimand: str, alpha, scope: str, draws: np.ndarray, n_chains: int):
+    import arviz as az
+
+    per_chain = draws.reshape(n_chains, -1)
+    return {
+        "dimension": dimension,
+        "estimand": estimand,
+        "alpha": alpha,
+        "scope": scope,
+        "mean": float(draws.mean()),
+        "sd": float(draws.std(ddof=1)),
+        "q05": float(np.quantile(draws, 0.05)),
+        "q50": float(np.quantile(draws, 0.5)),
+        "q95": float(np.quantile(draws, 0.95)),
+        "prob_positive": float((draws > 0).mean()),
+        "ess_bulk": float(az.ess(per_chain, method="bulk")),
+        "ess_tail": float(az.ess(per_chain, method="tail")),
+        "r_hat": float(az.rhat(per_chain)),
+    }
+
+
+def latent_effects(idata, design: LatentDesign, spec: LatentSpec, seed: int = 0) -> pd.DataFrame:
+    """DE, IE, TE and OE(alpha) on each latent factor, by g-computation.
+
+    For every posterior draw the factor is predicted for every household of the sample under
+    own participation ``a`` and community CBO presence ``s`` and averaged (standardization
+    over the sample's covariates); ``scope = observed`` keeps each household's community
+    effect, ``scope = new`` draws the residual effect of a community not yet surveyed.
+    OE uses the observed participation rate in CBO communities and ``spec.alphas``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The effects table (plus an ``ess_tail`` column used by the gate).
+    """
+    n_chains = idata.posterior.sizes["chain"]
+    in_cbo = design.presence[design.community_index] == 1
+    observed_rate = float(design.participation[in_cbo].mean()) if in_cbo.any() else 0.5
+    alphas = [observed_rate] + [a for a in spec.alphas if not math.isclose(a, observed_rate)]
+    rows = []
+    for scope in ("observed", "new"):
+        po = _potential_outcome_means(idata, design, scope, seed)
+        for d, dim in enumerate(spec.factors):
+            y11, y01, y00 = po[(1, 1)][:, d], po[(0, 1)][:, d], po[(0, 0)][:, d]
+            rows.append(_effect_row(dim, "DE", None, scope, y11 - y01, n_chains))
+            rows.append(_effect_row(dim, "IE", None, scope, y01 - y00, n_chains))
+            rows.append(_effect_row(dim, "TE", None, scope, y11 - y00, n_chains))
+            for a in alphas:
+                oe = a * y11 + (1 - a) * y01 - y00
+                rows.append(_effect_row(dim, "OE", round(a, 4), scope, oe, n_chains))
+    table = pd.DataFrame(rows)
+    order = {"DE": 0, "IE": 1, "TE": 2, "OE": 3}
+    table["_d"] = table["dimension"].map({d: i for i, d in enumerate(spec.factors)})
+    table["_e"] = table["estimand"].map(order)
+    table["_s"] = table["scope"].map({"observed": 0, "new": 1})
+    table = table.sort_values(["_d", "_e", "alpha", "_s"], na_position="first", kind="stable")
+    return table.drop(columns=["_d", "_e", "_s"]).reset_index(drop=True)
+
+
+def factor_scores(idata, design: LatentDesign, spec: LatentSpec) -> pd.DataFrame:
+    """Posterior mean and sd of each household's factor values (long format)."""
+    eta = idata.posterior["eta"]
+    mean = eta.mean(("chain", "draw")).to_numpy()
+    sd = eta.std(("chain", "draw")).to_numpy()
+    frames = []
+    for d, dim in enumerate(spec.factors):
+        frames.append(
+            pd.DataFrame(
+                {
+                    "household_id": design.households,
+                    "community": np.asarray(design.communities)[design.community_index],
+                    "dimension": dim,
+                    "mean": mean[:, d],
+                    "sd": sd[:, d],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+_GATED = (
+    "direct_effect",
+    "spillover_effect",
+    "beta_free",
+    "community_sd",
+    "community_z",
+    "loading",
+    "intercept",
+    "log_amount_mean",
+    "log_amount_sd",
+    "zero_intercept",
+    "zero_loading",
+    "disturbance_corr",
+    "invariance_z",
+)
+
+
+def latent_diagnostics(idata, timing: Mapping[str, float]) -> pd.DataFrame:
+    """Per-parameter R-hat and bulk/tail ESS, and the run's divergences, BFMI and times."""
+    import arviz as az
+
+    names = [v for v in idata.posterior.data_vars if v in _GATED or v.startswith("cutpoints_")]
+    summ = az.summary(idata, var_names=names, kind="diagnostics")
+    table = pd.DataFrame(
+        {
+            "parameter": summ.index,
+            "r_hat": summ["r_hat"].to_numpy(),
+            "ess_bulk": summ["ess_bulk"].to_numpy(),
+            "ess_tail": summ["ess_tail"].to_numpy(),
+        }
+    )
+    # the correlation matrix's diagonal is constant 1 (no diagnostics)
+    table = table[~table["parameter"].str.match(r"disturbance_corr\[(\w+), \1\]")]
+    eta_summ = az.summary(idata, var_names=["eta"], kind="diagnostics")
+    diverging = (
+        int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else 0
+    )
+    try:
+        bfmi = float(np.min(az.bfmi(idata)))
+    except (KeyError, ValueError, TypeError):
+        bfmi = float("nan")
+    run_rows = pd.DataFrame(
+        {
+            "parameter": [
+                "run.divergences",
+                "run.bfmi_min",
+                "run.compile_seconds",
+                "run.sampling_seconds",
+                "run.wall_seconds",
+                "factor_scores.r_hat_max",
+                "factor_scores.ess_bulk_min",
+                "factor_scores.ess_tail_min",
+            ],
+            "r_hat": [np.nan] * 5 + [float(eta_summ["r_hat"].max())] + [np.nan] * 2,
+            "ess_bulk": [np.nan] * 6 + [float(eta_summ["ess_bulk"].min()), np.nan],
+            "ess_tail": [np.nan] * 7 + [float(eta_summ["ess_tail"].min())],
+            "value": [
+                diverging,
+                bfmi,
+                timing.get("compile_s", np.nan),
+                timing.get("sample_s", np.nan),
+                timing.get("wall_s", np.nan),
+                np.nan,
+                np.nan,
+                np.nan,
+            ],
+        }
+    )
+    table["value"] = np.nan
+    return pd.concat([table, run_rows], ignore_index=True)
+
+
+def _gate_failures(
+    effects: pd.DataFrame, diag: pd.DataFrame, gate: Mapping[str, float]
+) -> list[str]:
+    failures = []
+    div = diag.loc[diag["parameter"] == "run.divergences", "value"]
+    if len(div) and div.iloc[0] > 0:
+        failures.append(f"{int(div.iloc[0])} divergent transitions")
+    params = diag[~diag["parameter"].str.startswith(("run.", "factor_scores."))]
+    if not gate.get("parameters", 0.0):
+        params = params.iloc[0:0]
+    checks = [
+        (
+            effects.assign(
+                parameter=effects["dimension"]
+                + ":"
+                + effects["estimand"]
+                + ":"
+                + effects["scope"]
+                + ":"
+                + effects["alpha"].astype(str)
+            ),
+            "effect",
+        ),
+        (params, "parameter"),
+    ]
+    for frame, label in checks:
+        bad_r = frame[frame["r_hat"] > gate["r_hat"]]
+        for _, row in bad_r.iterrows():
+            failures.append(
+                f"{label} {row['parameter']}: R-hat {row['r_hat']:.3f} > {gate['r_hat']}"
+            )
+        for col in ("ess_bulk", "ess_tail"):
+            bad = frame[frame[col] < gate[col]]
+            for _, row in bad.iterrows():
+                failures.append(
+                    f"{label} {row['parameter']}: {col} {row[col]:.0f} < {gate[col]:.0f}"
+                )
+    return failures
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LatentFitResult:
+    """What :func:`fit_latent_spec` wrote and measured."""
+
+    directory: Path
+    spec: LatentSpec
+    idata: Any
+    effects: pd.DataFrame
+    diagnostics: pd.DataFrame
+    scores: pd.DataFrame
+    timing: dict[str, float]
+    converged: bool
+    failures: list[str]
+    loo: pd.DataFrame | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+def _household_log_likelihood(idata, model, design: LatentDesign):
+    """Pointwise log-likelihood per household (items summed), for LOO."""
+    import pymc as pm
+    import xarray as xr
+
+    # compute_log_likelihood refuses models with explicit initial values (the cutpoints');
+    # sampling is over, so drop them.
+    for rv in list(model.rvs_to_initial_values):
+        model.rvs_to_initial_values[rv] = None
+    ll = pm.compute_log_likelihood(
+        idata, model=model, extend_inferencedata=False, progressbar=False
+    )
+    total = np.zeros((idata.posterior.sizes["chain"], idata.posterior.sizes["draw"], design.n))
+    for name in ("y_ordinal", "y_binomial", "y_hurdle_amount", "y_hurdle_positive"):
+        if name in ll:
+            arr = ll[name].to_numpy()  # (chain, draw, household, item)
+            total += arr.reshape(arr.shape[:3] + (-1,)).sum(axis=-1)
+    return xr.Dataset(
+        {"households": (("chain", "draw", "household"), total)},
+        coords={
+            "chain": idata.posterior["chain"],
+            "draw": idata.posterior["draw"],
+            "household": design.households,
+        },
+    )
+
+
+def fit_latent_spec(
+    survey: Any,
+    spec: str | os.PathLike | Mapping[str, Any] | LatentSpec | Any,
+    directory: str | os.PathLike,
+    seed: int = 20240611,
+    allow_unconverged: bool = False,
+) -> LatentFitResult:
+    """Fit a latent spec and write its outputs into an existing folder.
+
+    Parameters
+    ----------
+    survey
+        A validated :class:`pari_bayes.survey.Survey`.
+    spec
+        Path of a ``kind = "latent"`` spec, its parsed mapping or a :class:`LatentSpec`.
+    directory
+        Existing folder; receives ``posterior.nc``, ``effects.csv``, ``diagnostics.csv``,
+        ``factor_scores.csv`` and, if invariance variants are compared, ``loo.csv``.
+    seed
+        Seed of sampling and of the ``new``-community draws.
+    allow_unconverged
+        Write the outputs even if the convergence gate fails (marked ``converged = false``
+        in every file) instead of raising.
+
+    Returns
+    -------
+    LatentFitResult
+
+    Raises
+    ------
+    ConvergenceError
+        If the gate fails (divergences, R-hat > 1.01, bulk or tail ESS < 400) and
+        ``allow_unconverged`` is false; the message names the parameters.
+    """
+    import arviz as az
+    import xarray as xr
+
+    import pari_bayes
+
+    spec = load_latent_spec(spec)
+    directory = Path(directory)
+    design = latent_design(survey, spec)
+    model = build_latent_model(design, spec)
+    idata, timing = sample_latent(model, spec.sampler, seed)
+    if "posterior" not in idata.groups():
+        raise EstimationError("the sampler returned no posterior")
+    effects = latent_effects(idata, design, spec, seed=seed)
+    diagnostics = latent_diagnostics(idata, timing)
+    failures = _gate_failures(effects, diagnostics, spec.gate)
+    converged = not failures
+    if failures and not allow_unconverged:
+        shown = "; ".join(failures[:15])
+        more = f" (and {len(failures) - 15} more)" if len(failures) > 15 else ""
+        raise ConvergenceError(
+            f"latent model {spec.name!r} failed the convergence gate: {shown}{more}. "
+            "Increase [sampler] draws/tune or target_accept in the spec, or pass "
+            "--allow-unconverged to write the outputs marked as unconverged."
+        )
+    scores = factor_scores(idata, design, spec)
+
+    # ---- InferenceData: log-likelihood per household, observed/constant data, scores
+    idata.add_groups(
+        {"log_likelihood": _household_log_likelihood(idata, model, design)},
+    )
+    const = xr.Dataset(
+        {
+            "participation": ("household", design.participation),
+            "community_index": ("household", design.community_index),
+            "presence": ("community", design.presence),
+            "covariates": (("household", "covariate"), design.x),
+        },
+        coords={
+            "household": design.households,
+            "community": list(design.communities),
+            "covariate": list(design.covariates),
+        },
+    )
+    frame = survey.data
+    observed = xr.Dataset(
+        {
+            it.name: ("household", pd.to_numeric(frame[it.name]).to_numpy(dtype=float))
+            for it in spec.items
+        },
+        coords={"household": design.households},
+    )
+    loadings = idata.posterior["loading"]
+    score_ds = xr.Dataset(
+        {
+            "mean": idata.posterior["eta"].mean(("chain", "draw")),
+            "sd": idata.posterior["eta"].std(("chain", "draw")),
+            "loading_mean": loadings.mean(("chain", "draw")),
+            "indicator_dimension": ("indicator", [it.factor for it in spec.items]),
+            "community_of_household": (
+                "household",
+                np.asarray(design.communities)[design.community_index],
+            ),
+        }
+    )
+    new_groups = {"factor_scores": score_ds}
+    for group, ds in (("constant_data", const), ("observed_data", observed)):
+        if group in idata.groups():  # the sampler's own data containers stay; add ours
+            existing = getattr(idata, group)
+            extra = {k: v for k, v in ds.data_vars.items() if k not in existing}
+            setattr(idata, group, existing.assign(extra))
+        else:
+            new_groups[group] = ds
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not part of the schema.*")
+        idata.add_groups(new_groups)
+    loo_table = None
+    if spec.compare_invariance:
+        loo_table = _compare_invariance(idata, design, spec, seed)
+    provenance = {
+        "model": spec.name,
+        "kind": "latent",
+        "package_version": getattr(pari_bayes, "__version__", "unknown"),
+        "spec": json.dumps(spec.raw, sort_keys=True, default=str),
+        "data_hash": getattr(survey, "data_hash", ""),
+        "seed": int(seed),
+        "sampler": json.dumps(spec.sampler, sort_keys=True),
+        "invariance": spec.invariance,
+        "adjustment_source": design.adjustment_source,
+        "covariates": json.dumps(list(design.covariates)),
+        "identification": "location: no structural intercept; scale: unit-variance household "
+        "disturbance; sign: positive (log-normal) loadings; each item loads on one factor",
+        "converged": str(converged).lower(),
+    }
+    idata.attrs.update(provenance)
+    for group in idata.groups():
+        getattr(idata, group).attrs.update({k: str(v) for k, v in provenance.items()})
+    files = []
+    nc = directory / "posterior.nc"
+    idata.to_netcdf(str(nc), engine="h5netcdf")
+    files.append(nc)
+    mark = {"converged": str(converged).lower()}
+    out_effects = effects.drop(columns=["ess_tail"]).assign(**mark)
+    files.append(write_csv(out_effects, directory / "effects.csv"))
+    files.append(write_csv(diagnostics.assign(**mark), directory / "diagnostics.csv"))
+    files.append(write_csv(scores.assign(**mark), directory / "factor_scores.csv"))
+    if loo_table is not None:
+        files.append(write_csv(loo_table.assign(**mark), directory / "loo.csv"))
+    del az
+    return LatentFitResult(
+        directory=directory,
+        spec=spec,
+        idata=idata,
+        effects=effects,
+        diagnostics=diagnostics,
+        scores=scores,
+        timing=timing,
+        converged=converged,
+        failures=failures,
+        loo=loo_table,
+        files=files,
+    )
+
+
+def _compare_invariance(idata, design: LatentDesign, spec: LatentSpec, seed: int) -> pd.DataFrame:
+    """LOO comparison of the fitted invariance option against the variants in the spec."""
+    import arviz as az
+
+    fits = {spec.invariance: idata}
+    for option in spec.compare_invariance:
+        if option in fits:
+            continue
+        model = build_latent_model(design, spec, invariance=option)
+        other, _ = sample_latent(model, spec.sampler, seed)
+        other.add_groups({"log_likelihood": _household_log_likelihood(other, model, design)})
+        fits[option] = other
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = az.compare(fits, ic="loo")
+    table = table.reset_index().rename(columns={"index": "invariance"})
+    return table[["invariance", "rank", "elpd_loo", "p_loo", "elpd_diff", "se", "dse", "weight"]]
+
+
+def spec_as_dict(spec: LatentSpec) -> dict[str, Any]:
+    """Return the spec as plain data (for provenance and reports)."""
+    out = asdict(spec)
+    out["items"] = [asdict(it) for it in spec.items]
+    return out
+
+
+def simulate_from_prior(
+    design: LatentDesign, spec: LatentSpec, rng: np.random.Generator
+) -> tuple[ItemData, dict[str, np.ndarray]]:
+    """Draw every parameter from the spec's priors and item answers given them.
+
+    The structural design (covariates, participation, communities) is kept; used for
+    simulation-based calibration. Returns the new item data and the drawn truth.
+    """
+    from pari_bayes.measurement.items import simulate_items
+
+    pri = spec.priors
+    n_fac = len(spec.factors)
+    n_comm = len(design.communities)
+    direct = rng.normal(0, pri["effect_sd"], n_fac)
+    spill = rng.normal(0, pri["effect_sd"], n_fac)
+    beta = np.where(
+        design.covariate_mask, rng.normal(0, pri["beta_sd"], design.covariate_mask.shape), 0
+    )
+    comm_sd = np.abs(rng.normal(0, pri["community_sd"], n_fac))
+    comm_mean = design.presence[:, None] * spill + comm_sd * rng.normal(size=(n_comm, n_fac))
+    if n_fac > 1:
+        import pymc as pm
+
+        corr = pm.draw(
+            pm.LKJCorr.dist(n=n_fac, eta=pri["lkj_eta"], return_matrix=True),
+            random_seed=int(rng.integers(2**31)),
+        )
+    else:
+        corr = np.eye(1)
+    dist = rng.normal(size=(design.n, n_fac)) @ np.linalg.cholesky(corr).T
+    eta = (
+        comm_mean[design.community_index]
+        + design.x @ beta
+        + design.participation[:, None] * direct
+        + dist
+    )
+    params: dict[str, dict[str, object]] = {}
+    loadings = {}
+    for it in spec.items:
+        hurdle = it.kind == "hurdle_lognormal"
+        mu = pri["hurdle_loading_mu"] if hurdle else pri["loading_mu"]
+        sd = pri["hurdle_loading_sigma"] if hurdle else pri["loading_sigma"]
+        lam = float(np.exp(rng.normal(mu, sd)))
+        loadings[it.name] = lam
+        if it.kind == "ordinal":
+            cuts = np.sort(rng.normal(0, pri["cutpoint_sd"], len(it.levels) - 1))
+            params[it.name] = {"loading": lam, "cutpoints": cuts}
+        elif it.kind == "binomial":
+            params[it.name] = {"loading": lam, "intercept": rng.normal(0, pri["intercept_sd"])}
+        else:
+            params[it.name] = {
+                "loading": lam,
+                "mu": rng.normal(0, 1),
+                "sigma": abs(rng.normal(0, pri["hurdle_sigma"])),
+            }
+            if it.zero_model:
+                params[it.name]["zero_intercept"] = rng.normal(0, pri["intercept_sd"])
+                params[it.name]["zero_loading"] = float(
+                    np.exp(rng.normal(pri["loading_mu"], pri["loading_sigma"]))
+                )
+    eta_frame = pd.DataFrame(eta, columns=list(spec.factors))
+    frame = pd.DataFrame({"household_size": np.full(design.n, 4)})
+    answers = simulate_items(spec.items, eta_frame, params, rng, frame=frame)
+    items = prepare_items(answers.assign(household_size=4), spec.items, spec.factors)
+    truth = {
+        "direct_effect": direct,
+        "spillover_effect": spill,
+        "community_sd": comm_sd,
+        "loading": np.array([loadings[it.name] for it in spec.items]),
+    }
+    return items, truth

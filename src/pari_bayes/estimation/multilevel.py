@@ -1,0 +1,1228 @@
+"""Bayesian multilevel models of direct and spillover effects (households in communities).
+
+Lifecycle, in file order: spec -> design -> build -> fit -> predictive -> effects ->
+outputs. One model per outcome (``kind = "multilevel"``, the Bayesian counterparts of Table
+4's Models 1-8) or the outcomes jointly (``kind = "multivariate"``, LKJ-correlated
+household residuals). The PyMC model is written out here (it is the model a Bambi formula
+``y ~ cbo_participation + cbo_presence + <adjustment set> + (1 | community)`` builds) so
+that:
+
+* CBO presence enters at the community level: community effect
+  ``u_c = IE * presence_c + tau * z_c`` (non-centred), so the spillover effect and the
+  community intercepts are not confounded in the sampler;
+* the data are ``pm.Data`` containers, so nutpie compiles once per spec and refits every
+  outcome and every prior-sensitivity variant without recompiling;
+* the number of communities is read from the data: a fifth community in the registry and
+  the survey is one more level, with no code change.
+
+Outcomes and covariates are standardized before fitting, so every prior is on the scale of
+the standardized outcome; effects are reported back on the outcome's scale.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pari_bayes import __version__
+from pari_bayes.codebook import DIMENSIONS
+from pari_bayes.errors import (
+    EstimationError,
+    IdentificationError,
+    PariBayesWarning,
+    ProvenanceError,
+    SpecError,
+)
+from pari_bayes.estimation.spec import ModelSpec, load_spec
+from pari_bayes.priors import resolve_priors
+
+__all__ = [
+    "TREATMENT",
+    "PRESENCE",
+    "MultilevelDesign",
+    "FitResult",
+    "outcome_scores",
+    "adjustment_sets",
+    "build_design",
+    "build_model",
+    "sample_model",
+    "fit_spec",
+    "potential_means",
+    "write_fit",
+    "load_posterior",
+]
+
+#: Household-level exposure (own participation, a) and community-level exposure (s).
+TREATMENT = "cbo_participation"
+PRESENCE = "cbo_presence"
+
+
+# --------------------------------------------------------------------------------------
+# Design: outcomes, adjustment set, standardization
+# --------------------------------------------------------------------------------------
+
+
+def outcome_scores(survey) -> tuple[pd.DataFrame, str]:
+    """Outcome scores per dimension and where they came from.
+
+    The paper's PCA scores (:func:`pari_bayes.measurement.pca.pca_scores`); if the
+    measurement module is missing, a clearly labelled stand-in (standardized mean of the
+    standardized items).
+    """
+    try:
+        from pari_bayes.measurement.pca import pca_scores
+    except ImportError:  # FALLBACK until pari_bayes.measurement.pca exists
+        data, book = survey.data, survey.codebook
+        out = {}
+        for dim in DIMENSIONS:
+            items = data[list(book.indicators[dim])].astype(float)
+            z = (items - items.mean()) / items.std(ddof=0).replace(0, 1)
+            m = z.mean(axis=1)
+            out[dim] = (m - m.mean()) / m.std(ddof=0)
+        return pd.DataFrame(out, index=data.index), "fallback: standardized mean of items"
+    return pca_scores(survey.data, survey.codebook).scores, "pca"
+
+
+def adjustment_sets(survey, spec: ModelSpec) -> tuple[dict[str, tuple[str, ...]], str]:
+    """Covariates per outcome from the identification layer.
+
+    Returns the adjustment set of ``spec.identification`` for each outcome and the source
+    (``"identification"``, or ``"fallback: codebook covariates"`` while the identification
+    module is missing).
+    """
+    try:
+        from pari_bayes.identification import identify
+    except ImportError:  # FALLBACK until pari_bayes.identification.identify exists
+        identify = None
+    if identify is None:
+        covs = tuple(c.name for c in survey.codebook.columns.values() if c.role == "covariate")
+        warnings.warn(
+            "pari_bayes.identification.identify is not available; FALLBACK adjustment set = "
+            f"the codebook's covariates ({', '.join(covs)})",
+            PariBayesWarning,
+            stacklevel=3,
+        )
+        return {d: covs for d in spec.outcomes}, "fallback: codebook covariates"
+    result = identify(survey, refute=False)
+    sets: dict[str, tuple[str, ...]] = {}
+    for dim in spec.outcomes:
+        chosen = tuple(result.adjustment_set(spec.identification, dim))
+        sets[dim] = chosen
+    return sets, "identification"
+
+
+@dataclass
+class MultilevelDesign:
+    """Everything a multilevel model needs, as arrays (standardized scales).
+
+    Attributes
+    ----------
+    household_ids, communities, dimensions, covariates
+        Coordinates.
+    y
+        Standardized outcomes, shape (household, dimension).
+    y_mean, y_sd
+        Used to standardize each outcome (effects are multiplied back by ``y_sd``).
+    X
+        Standardized covariates (union of the per-outcome adjustment sets).
+    covariate_mask
+        1 where a covariate is in the outcome's adjustment set, shape (covariate, dimension).
+    treatment
+        Own participation (0/1) per household.
+    presence
+        CBO presence (0/1) per community.
+    community_index
+        Community of each household (index into ``communities``).
+    extra_community_terms
+        Other community-level terms of the formula (columns constant within community).
+    adjustment, adjustment_source, outcome_source
+        Provenance of the covariates and outcomes.
+    data_hash
+        Hash of the survey.
+    """
+
+    household_ids: tuple[str, ...]
+    communities: tuple[str, ...]
+    dimensions: tuple[str, ...]
+    covariates: tuple[str, ...]
+    y: np.ndarray
+    y_mean: np.ndarray
+    y_sd: np.ndarray
+    X: np.ndarray
+    x_mean: np.ndarray
+    x_sd: np.ndarray
+    covariate_mask: np.ndarray
+    treatment: np.ndarray
+    presence: np.ndarray
+    community_index: np.ndarray
+    adjustment: dict[str, tuple[str, ...]]
+    adjustment_source: str
+    outcome_source: str
+    data_hash: str
+    has_treatment: bool = True
+    has_presence: bool = True
+    treatment_center: float = 0.0
+    presence_center: float = 0.0
+
+    @property
+    def n(self) -> int:
+        """Number of households."""
+        return len(self.household_ids)
+
+    def with_dimensions(self, dims: tuple[str, ...]) -> MultilevelDesign:
+        """Return the design restricted to some outcomes."""
+        idx = [self.dimensions.index(d) for d in dims]
+        return replace(
+            self,
+            dimensions=tuple(dims),
+            y=self.y[:, idx],
+            y_mean=self.y_mean[idx],
+            y_sd=self.y_sd[idx],
+            covariate_mask=self.covariate_mask[:, idx],
+        )
+
+    def observed_participation_rate(self) -> float:
+        """Share of participants among households in CBO communities."""
+        in_cbo = self.presence[self.community_index] == 1
+        return float(self.treatment[in_cbo].mean()) if in_cbo.any() else float("nan")
+
+
+def build_design(
+    survey,
+    spec: ModelSpec,
+    scores: pd.DataFrame | None = None,
+    adjustment: dict[str, tuple[str, ...]] | None = None,
+) -> MultilevelDesign:
+    """Turn a survey and a spec into arrays.
+
+    Parameters
+    ----------
+    survey
+        A validated :class:`pari_bayes.survey.Survey`.
+    spec
+        The model spec.
+    scores
+        Outcome scores (one column per dimension); the PCA scores by default.
+    adjustment
+        Covariates per outcome; the identification layer's adjustment sets by default.
+
+    Raises
+    ------
+    SpecError
+        If a formula term, covariate or outcome is not in the data.
+    EstimationError
+        If an exposure or covariate does not vary.
+    """
+    data = survey.data.reset_index(drop=True)
+    spec.check_columns(list(data.columns))
+    if scores is None:
+        scores, outcome_source = outcome_scores(survey)
+    else:
+        outcome_source = "given"
+    scores = scores.reset_index(drop=True)
+    missing = [d for d in spec.outcomes if d not in scores.columns]
+    if missing:
+        raise SpecError(
+            f"{spec.path}: key outcomes: no scores for {', '.join(missing)}; allowed: "
+            f"{', '.join(scores.columns)}"
+        )
+    if adjustment is None:
+        adjustment, adjustment_source = adjustment_sets(survey, spec)
+    else:
+        adjustment_source = "given"
+    exposures = {TREATMENT, PRESENCE, "cbo_existence", spec.group}
+    extra = [t for t in spec.terms if t not in (TREATMENT, PRESENCE)]
+    covariates: list[str] = []
+    for dim in spec.outcomes:
+        for col in (*adjustment.get(dim, ()), *extra):
+            if col in exposures or col in covariates:
+                continue
+            if col not in data.columns:
+                raise IdentificationError(
+                    f"the adjustment set for {spec.identification} on {dim} names {col!r}, "
+                    f"which is not a survey column; allowed: {', '.join(data.columns)}"
+                )
+            covariates.append(col)
+    mask = np.zeros((len(covariates), len(spec.outcomes)))
+    for k, dim in enumerate(spec.outcomes):
+        for j, col in enumerate(covariates):
+            mask[j, k] = float(col in adjustment.get(dim, ()) or col in extra)
+    X = data[covariates].astype(float).to_numpy() if covariates else np.zeros((len(data), 0))
+    x_mean = X.mean(axis=0)
+    x_sd = X.std(axis=0)
+    flat = [c for c, s in zip(covariates, x_sd, strict=True) if s == 0]
+    if flat:
+        raise EstimationError(
+            f"covariate(s) {', '.join(flat)} do not vary in this survey; drop them from the "
+            "adjustment set or use a survey where they vary"
+        )
+    X = (X - x_mean) / np.where(x_sd > 0, x_sd, 1.0)
+    y_raw = scores[list(spec.outcomes)].astype(float).to_numpy()
+    if not np.isfinite(y_raw).all():
+        raise EstimationError("outcome scores contain missing or infinite values")
+    y_mean = y_raw.mean(axis=0)
+    y_sd = y_raw.std(axis=0)
+    y = (y_raw - y_mean) / y_sd
+    communities = tuple(survey.communities)
+    cidx = np.array([communities.index(c) for c in data[spec.group]], dtype=np.int64)
+    presence = np.array([survey.registry[c].has_cbo for c in communities], dtype=float)
+    treatment = data[TREATMENT].astype(float).to_numpy()
+    has_t, has_p = TREATMENT in spec.terms, PRESENCE in spec.terms
+    if has_p and len(set(presence)) < 2:
+        raise EstimationError(
+            "CBO presence does not vary across the surveyed communities, so the spillover "
+            "effect is not identified; survey communities with and without CBOs"
+        )
+    if has_t and len(set(treatment[presence[cidx] == 1])) < 2:
+        raise EstimationError(
+            "participation does not vary within CBO communities, so the direct effect is "
+            "not identified"
+        )
+    return MultilevelDesign(
+        household_ids=tuple(data["household_id"].astype(str)),
+        communities=communities,
+        dimensions=tuple(spec.outcomes),
+        covariates=tuple(covariates),
+        y=y,
+        y_mean=y_mean,
+        y_sd=y_sd,
+        X=X,
+        x_mean=x_mean,
+        x_sd=x_sd,
+        covariate_mask=mask,
+        treatment=treatment,
+        presence=presence,
+        community_index=cidx,
+        adjustment={d: tuple(adjustment.get(d, ())) for d in spec.outcomes},
+        adjustment_source=adjustment_source,
+        outcome_source=outcome_source,
+        data_hash=survey.data_hash,
+        has_treatment=has_t,
+        has_presence=has_p,
+        # Exposures are centred in the linear predictor (contrasts are unchanged) so the
+        # intercept is not correlated with DE and IE in the posterior.
+        treatment_center=float(treatment.mean()),
+        presence_center=float(presence.mean()),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Build
+# --------------------------------------------------------------------------------------
+
+
+def build_model(design: MultilevelDesign, spec: ModelSpec, multivariate: bool | None = None):
+    """Build the PyMC model of a design.
+
+    Household ``i`` in community ``c``, outcome ``k`` (standardized)::
+
+        y_ik = b0_k + x_i' beta_k + DE_k * a_i + u_ck + e_ik
+        u_ck = IE_k * presence_c + tau_k * z_ck,   z_ck ~ Normal(0, 1)
+
+    with ``e_i ~ MvNormal(0, Sigma)`` (LKJ prior on the correlations) when multivariate,
+    else independent Normal(0, sigma_k). Data (outcomes, prior scale of tau) are
+    ``pm.Data`` so a compiled model can be refitted with new values.
+
+    Returns
+    -------
+    pymc.Model
+    """
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from pari_bayes.priors import prior_variable
+
+    if multivariate is None:
+        multivariate = spec.kind == "multivariate"
+    priors = resolve_priors(spec.priors)
+    coords = {
+        "household": list(design.household_ids),
+        "community": list(design.communities),
+        "dimension": list(design.dimensions),
+        "covariate": list(design.covariates),
+    }
+    K = len(design.dimensions)
+    with pm.Model(coords=coords) as model:
+        y = pm.Data("y", design.y, dims=("household", "dimension"))
+        X = pm.Data("X", design.X, dims=("household", "covariate"))
+        mask = pm.Data("covariate_mask", design.covariate_mask, dims=("covariate", "dimension"))
+        cidx = pm.Data("community_index", design.community_index, dims="household")
+        tau_scale = pm.Data(
+            "community_sd_prior_scale",
+            np.full(
+                K,
+                priors["community_sd"].params.get(
+                    "sigma", 1.0 / priors["community_sd"].params.get("lam", 1.0)
+                ),
+            ),
+            dims="dimension",
+        )
+        intercept = prior_variable("intercept", priors["intercept"], dims="dimension")
+        mu = intercept[None, :]
+        if design.covariates:
+            beta = prior_variable("beta", priors["coefficients"], dims=("covariate", "dimension"))
+            mu = mu + pt.dot(X, beta * mask)
+        community = 0.0
+        if design.has_treatment:
+            a = pm.Data(
+                "participation", design.treatment - design.treatment_center, dims="household"
+            )
+            de = prior_variable("direct_effect", priors["direct_effect"], dims="dimension")
+            mu = mu + a[:, None] * de[None, :]
+        if design.has_presence:
+            s = pm.Data("presence", design.presence - design.presence_center, dims="community")
+            ie = prior_variable("spillover_effect", priors["spillover_effect"], dims="dimension")
+            community = s[:, None] * ie[None, :]
+        tau = prior_variable(
+            "community_sd", priors["community_sd"], dims="dimension", scale=tau_scale
+        )
+        # Sum-to-zero community deviations: with few communities the intercept and the mean
+        # of the z's are otherwise nearly unidentified from each other (a ridge in the
+        # posterior that costs ESS). tau stays the sd of a community's deviation.
+        z = pm.ZeroSumNormal("community_z", sigma=1.0, dims=("dimension", "community"))
+        u = pm.Deterministic(
+            "community_effect", community + tau[None, :] * z.T, dims=("community", "dimension")
+        )
+        mu = mu + u[cidx]
+        resid = priors["residual_sd"]
+        if multivariate:
+            sd_dist = {
+                "halfnormal": lambda: pm.HalfNormal.dist(resid.params.get("sigma", 1.0), shape=K),
+                "halfstudent_t": lambda: pm.HalfStudentT.dist(
+                    nu=resid.params.get("nu", 3.0), sigma=resid.params.get("sigma", 1.0), shape=K
+                ),
+                "exponential": lambda: pm.Exponential.dist(resid.params.get("lam", 1.0), shape=K),
+            }[resid.family]()
+            chol, corr, stds = pm.LKJCholeskyCov(
+                "residual_chol",
+                n=K,
+                eta=priors["residual_corr"].params["eta"],
+                sd_dist=sd_dist,
+                compute_corr=True,
+            )
+            pm.Deterministic("residual_sd", stds, dims="dimension")
+            model.add_coord("dimension_bis", list(design.dimensions))
+            pm.Deterministic("residual_corr", corr, dims=("dimension", "dimension_bis"))
+            # The MvNormal density written out with the inverse Cholesky factor (one KxK
+            # triangular solve per gradient instead of one per household): same density as
+            # pm.MvNormal(mu, chol=chol, observed=y), several times faster under nutpie.
+            chol_inv = pt.linalg.solve_triangular(chol, pt.eye(K), lower=True)
+            z_resid = pt.dot(y - mu, chol_inv.T)
+            n = design.n
+            pm.Potential(
+                "y_obs_loglik",
+                -0.5 * pt.sum(z_resid**2)
+                - n * pt.sum(pt.log(pt.diag(chol)))
+                - 0.5 * n * K * np.log(2 * np.pi),
+            )
+        else:
+            sigma = prior_variable("residual_sd", resid, dims="dimension")
+            pm.Normal(
+                "y_obs", mu=mu, sigma=sigma[None, :], observed=y, dims=("household", "dimension")
+            )
+    return model
+
+
+# --------------------------------------------------------------------------------------
+# Fit
+# --------------------------------------------------------------------------------------
+
+#: Posterior variables that the convergence gate checks (when present).
+GATED_VARIABLES = (
+    "intercept",
+    "beta",
+    "direct_effect",
+    "spillover_effect",
+    "community_sd",
+    "community_z",
+    "community_effect",
+    "residual_sd",
+    "residual_corr",
+)
+
+
+class _Sampler:
+    """Compile once, sample many times with new data (nutpie) or set_data (PyMC)."""
+
+    def __init__(self, model, spec: ModelSpec, seed: int) -> None:
+        self.model = model
+        self.spec = spec
+        self.seed = seed
+        self.compile_time = 0.0
+        self._compiled = None
+        if spec.sampler.sampler == "nutpie":
+            import nutpie
+
+            start = time.perf_counter()
+            self._compiled = nutpie.compile_pymc_model(model)
+            self.compile_time = time.perf_counter() - start
+
+    def sample(self, **data: np.ndarray):
+        """Sample with some ``pm.Data`` replaced; returns (InferenceData, seconds)."""
+        s = self.spec.sampler
+        start = time.perf_counter()
+        if self._compiled is not None:
+            import nutpie
+
+            compiled = self._compiled.with_data(**data) if data else self._compiled
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*fork.*")
+                idata = nutpie.sample(
+                    compiled,
+                    draws=s.draws,
+                    tune=s.tune,
+                    chains=s.chains,
+                    cores=s.cores,
+                    seed=self.seed,
+                    target_accept=s.target_accept,
+                    save_warmup=False,
+                    progress_bar=False,
+                )
+        else:
+            import pymc as pm
+
+            with self.model:
+                if data:
+                    pm.set_data(data)
+                idata = pm.sample(
+                    draws=s.draws,
+                    tune=s.tune,
+                    chains=s.chains,
+                    cores=s.cores,
+                    target_accept=s.target_accept,
+                    random_seed=self.seed,
+                    progressbar=False,
+                    compute_convergence_checks=False,
+                )
+        seconds = time.perf_counter() - start
+        keep = [
+            v
+            for v in idata.posterior.data_vars
+            if not v.endswith(("__", "_log__"))
+            and "_interval__" not in v
+            and "cholesky-cov-packed" not in v
+        ]
+        posterior = idata.posterior[keep]
+        stats = idata.sample_stats
+        return posterior, stats, seconds
+
+
+def sample_model(model, spec: ModelSpec, seed: int, **data):
+    """Compile (nutpie) and sample a model once; returns (posterior, sample_stats, seconds)."""
+    return _Sampler(model, spec, seed).sample(**data)
+
+
+def _rename_dim(ds: xr.Dataset, dim: str) -> xr.Dataset:
+    return ds.assign_coords(dimension=[dim]) if "dimension" in ds.dims else ds
+
+
+@dataclass
+class _Fitted:
+    posterior: xr.Dataset
+    sample_stats: xr.Dataset
+    sampling_time: float
+    compile_time: float
+
+
+def _fit_design(
+    design: MultilevelDesign,
+    spec: ModelSpec,
+    seed: int,
+    tau_multiplier: float = 1.0,
+    sampler: _Sampler | None = None,
+) -> tuple[_Fitted, _Sampler]:
+    """Fit one design: jointly (multivariate) or one outcome at a time (compiled once)."""
+    priors = resolve_priors(spec.priors)
+    base_scale = priors["community_sd"].params.get(
+        "sigma", 1.0 / priors["community_sd"].params.get("lam", 1.0)
+    )
+    if spec.kind == "multivariate":
+        if sampler is None:
+            sampler = _Sampler(build_model(design, spec), spec, seed)
+        K = len(design.dimensions)
+        post, stats, secs = sampler.sample(
+            community_sd_prior_scale=np.full(K, base_scale * tau_multiplier)
+        )
+        return _Fitted(post, stats, secs, sampler.compile_time), sampler
+    first = design.with_dimensions(design.dimensions[:1])
+    if sampler is None:
+        sampler = _Sampler(build_model(first, spec, multivariate=False), spec, seed)
+    posts, stats_list, total = [], [], 0.0
+    for k, dim in enumerate(design.dimensions):
+        post, stats, secs = sampler.sample(
+            y=design.y[:, [k]],
+            covariate_mask=design.covariate_mask[:, [k]],
+            community_sd_prior_scale=np.array([base_scale * tau_multiplier]),
+        )
+        posts.append(_rename_dim(post, dim))
+        stats_list.append(stats.expand_dims(dimension=[dim]))
+        total += secs
+    posterior = xr.concat(posts, dim="dimension")
+    stats = xr.concat(stats_list, dim="dimension")
+    return _Fitted(posterior, stats, total, sampler.compile_time), sampler
+
+
+# --------------------------------------------------------------------------------------
+# Predictive quantities (numpy, from the posterior)
+# --------------------------------------------------------------------------------------
+
+
+def _arr(posterior: xr.Dataset, name: str, *dims: str) -> np.ndarray:
+    return posterior[name].transpose("chain", "draw", *dims).to_numpy()
+
+
+def _linear_predictor(
+    posterior: xr.Dataset,
+    design: MultilevelDesign,
+    treatment: np.ndarray | None = None,
+    presence_of_household: np.ndarray | None = None,
+    community_term: np.ndarray | None = None,
+) -> np.ndarray:
+    """Mean outcome (standardized), shape (chain, draw, household, dimension)."""
+    mu = _arr(posterior, "intercept", "dimension")[:, :, None, :]
+    if design.covariates:
+        beta = _arr(posterior, "beta", "covariate", "dimension") * design.covariate_mask
+        mu = mu + np.einsum("ij,cdjk->cdik", design.X, beta)
+    a = (design.treatment if treatment is None else treatment) - design.treatment_center
+    if design.has_treatment:
+        mu = (
+            mu
+            + a[None, None, :, None] * _arr(posterior, "direct_effect", "dimension")[:, :, None, :]
+        )
+    if community_term is None:
+        u = _arr(posterior, "community_effect", "community", "dimension")
+        community_term = u[:, :, design.community_index, :]
+    mu = mu + community_term
+    return mu
+
+
+def potential_means(
+    posterior: xr.Dataset,
+    design: MultilevelDesign,
+    a: int,
+    s: int,
+    scope: str,
+    rng: np.random.Generator | None = None,
+    new_z: np.ndarray | None = None,
+) -> np.ndarray:
+    """Posterior mean outcome of every household under exposure (a, s).
+
+    Parameters
+    ----------
+    posterior
+        Posterior with the multilevel model's variables.
+    design
+        The design fitted.
+    a, s
+        Own participation and community CBO presence.
+    scope
+        ``"observed"``: each household keeps its own community's random effect
+        ``tau * z_c``; ``"new"``: every household is placed in one new community whose
+        effect is drawn from the population of communities (``tau * z_new``).
+    rng, new_z
+        Source of ``z_new`` (shape (chain, draw, dimension)); pass the same ``new_z`` to
+        every exposure so contrasts compare the same new community.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (chain, draw, household, dimension), on the outcome's own scale.
+    """
+    tau = _arr(posterior, "community_sd", "dimension")
+    ie = (
+        _arr(posterior, "spillover_effect", "dimension")
+        if design.has_presence
+        else np.zeros_like(tau)
+    )
+    if scope == "observed":
+        z = _arr(posterior, "community_z", "community", "dimension")[:, :, design.community_index]
+    elif scope == "new":
+        if new_z is None:
+            rng = rng or np.random.default_rng(0)
+            new_z = rng.standard_normal(tau.shape)
+        z = new_z[:, :, None, :]
+    else:
+        raise ValueError(f"scope {scope!r}; allowed: observed, new")
+    term = (s - design.presence_center) * ie[:, :, None, :] + tau[:, :, None, :] * z
+    mu = _linear_predictor(
+        posterior, design, treatment=np.full(design.n, float(a)), community_term=term
+    )
+    return mu * design.y_sd + design.y_mean
+
+
+def _predictive_groups(
+    posterior: xr.Dataset, design: MultilevelDesign, rng: np.random.Generator, multivariate: bool
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """Posterior predictive draws and pointwise log-likelihood (standardized scale)."""
+    mu = _linear_predictor(posterior, design)
+    resid = design.y[None, None] - mu
+    coords = {
+        "chain": posterior.chain,
+        "draw": posterior.draw,
+        "household": list(design.household_ids),
+        "dimension": list(design.dimensions),
+    }
+    if multivariate:
+        sd = _arr(posterior, "residual_sd", "dimension")
+        corr = _arr(posterior, "residual_corr", "dimension", "dimension_bis")
+        cov = corr * sd[..., :, None] * sd[..., None, :]
+        L = np.linalg.cholesky(cov)
+        K = len(design.dimensions)
+        sol = np.linalg.solve(L[:, :, None], resid[..., None])[..., 0]
+        logdet = np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(-1)
+        ll = -0.5 * (sol**2).sum(-1) - logdet[:, :, None] - 0.5 * K * np.log(2 * np.pi)
+        eps = np.einsum("cdkl,cdil->cdik", L, rng.standard_normal(mu.shape))
+        loglik = xr.Dataset(
+            {"y_obs": (("chain", "draw", "household"), ll)},
+            coords={k: v for k, v in coords.items() if k != "dimension"},
+        )
+    else:
+        sd = _arr(posterior, "residual_sd", "dimension")[:, :, None, :]
+        ll = -0.5 * (resid / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)
+        eps = sd * rng.standard_normal(mu.shape)
+        loglik = xr.Dataset(
+            {"y_obs": (("chain", "draw", "household", "dimension"), ll)}, coords=coords
+        )
+    pp = xr.Dataset(
+        {"y_obs": (("chain", "draw", "household", "dimension"), mu + eps)}, coords=coords
+    )
+    return pp, loglik
+
+
+# --------------------------------------------------------------------------------------
+# The whole fit
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_spec` / :func:`write_fit` produce.
+
+    Attributes
+    ----------
+    spec, design
+        What was fitted.
+    idata
+        One InferenceData: prior, posterior, posterior_predictive, log_likelihood,
+        observed_data, constant_data (dims household, community, dimension).
+    idata_without
+        The comparison model without ``spec.loo_drop`` terms (for LOO), if any.
+    effects, diagnostics, comparison, loo, sensitivity
+        The tables written to CSV.
+    converged
+        Whether the convergence gate passed.
+    failures
+        The gate's failure messages.
+    timings
+        Seconds: compile, sampling, total.
+    files
+        Files written (by :func:`write_fit`).
+    """
+
+    spec: ModelSpec
+    design: MultilevelDesign
+    idata: Any
+    idata_without: Any = None
+    effects: pd.DataFrame = field(default_factory=pd.DataFrame)
+    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    comparison: pd.DataFrame = field(default_factory=pd.DataFrame)
+    loo: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    converged: bool = True
+    failures: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+def _prior_groups(model, spec: ModelSpec, seed: int) -> tuple[xr.Dataset, xr.Dataset]:
+    import pymc as pm
+
+    with model:
+        prior = pm.sample_prior_predictive(draws=spec.sampler.prior_draws, random_seed=seed)
+    keep = [v for v in prior.prior.data_vars if v in GATED_VARIABLES]
+    pred = prior.prior_predictive if "prior_predictive" in prior.groups() else None
+    return prior.prior[keep], pred
+
+
+def _prior_univariate(design: MultilevelDesign, spec: ModelSpec, seed: int):
+    """Prior and prior predictive of the one-outcome model, labelled per outcome."""
+    model = build_model(design.with_dimensions(design.dimensions[:1]), spec, multivariate=False)
+    prior, prior_pred = _prior_groups(model, spec, seed)
+    dims = list(design.dimensions)
+    prior = xr.concat([prior.assign_coords(dimension=[d]) for d in dims], dim="dimension")
+    prior_pred = xr.concat([prior_pred.assign_coords(dimension=[d]) for d in dims], dim="dimension")
+    return prior, prior_pred
+
+
+def _provenance(spec: ModelSpec, design: MultilevelDesign, seed: int, status: str) -> dict:
+    return {
+        "model_name": spec.name,
+        "model_kind": spec.kind,
+        "package": "pari_bayes",
+        "package_version": __version__,
+        "spec_json": spec.to_json(),
+        "spec_path": str(spec.path),
+        "data_hash": design.data_hash,
+        "seed": int(seed),
+        "sampler": spec.sampler.sampler,
+        "adjustment_source": design.adjustment_source,
+        "adjustment_sets": json.dumps(design.adjustment, sort_keys=True),
+        "outcome_source": design.outcome_source,
+        "outcome_scale": "standardized; multiply by constant_data.y_sd and add y_mean",
+        "status": status,
+    }
+
+
+def _assemble(
+    fitted: _Fitted,
+    design: MultilevelDesign,
+    spec: ModelSpec,
+    seed: int,
+    prior=None,
+    prior_pred=None,
+    multivariate: bool = False,
+):
+    import arviz as az
+
+    rng = np.random.default_rng(seed)
+    pp, loglik = _predictive_groups(fitted.posterior, design, rng, multivariate)
+    hh = {"household": list(design.household_ids)}
+    observed = xr.Dataset(
+        {"y_obs": (("household", "dimension"), design.y)},
+        coords={**hh, "dimension": list(design.dimensions)},
+    )
+    constant = xr.Dataset(
+        {
+            "X": (("household", "covariate"), design.X),
+            "participation": (("household",), design.treatment),
+            "community_index": (("household",), design.community_index),
+            "presence": (("community",), design.presence),
+            "covariate_mask": (("covariate", "dimension"), design.covariate_mask),
+            "y_mean": (("dimension",), design.y_mean),
+            "y_sd": (("dimension",), design.y_sd),
+            "x_mean": (("covariate",), design.x_mean),
+            "x_sd": (("covariate",), design.x_sd),
+        },
+        coords={
+            **hh,
+            "community": list(design.communities),
+            "covariate": list(design.covariates),
+            "dimension": list(design.dimensions),
+        },
+    )
+    groups = {
+        "posterior": fitted.posterior,
+        "sample_stats": fitted.sample_stats,
+        "posterior_predictive": pp,
+        "log_likelihood": loglik,
+        "observed_data": observed,
+        "constant_data": constant,
+    }
+    if prior is not None:
+        groups["prior"] = prior
+        groups["prior_predictive"] = prior_pred
+    idata = az.InferenceData(**groups)
+    idata.attrs.update(_provenance(spec, design, seed, "ok"))
+    idata.attrs["compile_time_s"] = float(fitted.compile_time)
+    idata.attrs["sampling_time_s"] = float(fitted.sampling_time)
+    return idata
+
+
+def fit_spec(
+    survey,
+    spec: ModelSpec | str | Path,
+    seed: int | None = None,
+    scores: pd.DataFrame | None = None,
+    adjustment: dict[str, tuple[str, ...]] | None = None,
+    sensitivity: bool = True,
+    compare: bool = True,
+    prior: bool = True,
+) -> FitResult:
+    """Fit a multilevel or multivariate spec (no files written; no gate applied).
+
+    Parameters
+    ----------
+    survey
+        A validated survey.
+    spec
+        A :class:`ModelSpec` or the path of a spec file.
+    seed
+        Seed of every sampler call and predictive draw; the spec's by default.
+    scores, adjustment
+        Override the outcome scores / adjustment sets (tests, simulations).
+    sensitivity
+        Refit with the community-sd prior scale multiplied by ``spec.sensitivity``.
+    compare
+        Fit the comparison model without ``spec.loo_drop`` for LOO.
+    prior
+        Draw the prior and prior predictive.
+
+    Returns
+    -------
+    FitResult
+    """
+    from pari_bayes.diagnostics import diagnostics_table
+    from pari_bayes.effects import effects_table
+
+    if not isinstance(spec, ModelSpec):
+        spec = load_spec(spec)
+    if spec.kind not in ("multilevel", "multivariate"):
+        raise SpecError(
+            f"{spec.path}: key kind: {spec.kind!r} is not fitted by the multilevel "
+            "module; allowed: multilevel, multivariate"
+        )
+    seed = spec.sampler.seed if seed is None else int(seed)
+    start = time.perf_counter()
+    design = build_design(survey, spec, scores=scores, adjustment=adjustment)
+    multivariate = spec.kind == "multivariate"
+    fitted, sampler = _fit_design(design, spec, seed)
+    prior_ds = prior_pred = None
+    if prior:
+        if multivariate:
+            prior_ds, _ = _prior_groups(sampler.model, spec, seed)
+            # the likelihood is a Potential: draw the prior predictive here (same seed)
+            prior_pred, _ = _predictive_groups(
+                prior_ds, design, np.random.default_rng(seed), multivariate=True
+            )
+        else:
+            prior_ds, prior_pred = _prior_univariate(design, spec, seed)
+    idata = _assemble(fitted, design, spec, seed, prior_ds, prior_pred, multivariate)
+    effects = (
+        effects_table(
+            lambda a, s, scope, new_z: potential_means(
+                idata.posterior, design, a, s, scope, new_z=new_z
+            ),
+            design.dimensions,
+            alphas=(design.observed_participation_rate(), 0.25, 0.5),
+            rng=np.random.default_rng(seed),
+            shape=(idata.posterior.sizes["chain"], idata.posterior.sizes["draw"]),
+        )
+        if design.has_treatment and design.has_presence
+        else pd.DataFrame()
+    )
+    diag = diagnostics_table(
+        idata,
+        var_names=[v for v in GATED_VARIABLES if v in idata.posterior],
+        sampling_time=fitted.sampling_time,
+    )
+    result = FitResult(spec=spec, design=design, idata=idata, effects=effects, diagnostics=diag)
+    result.timings = {"compile_s": fitted.compile_time, "sampling_s": fitted.sampling_time}
+    if compare and spec.loo_drop:
+        reduced = replace(spec, terms=tuple(t for t in spec.terms if t not in spec.loo_drop))
+        d2 = replace(
+            design, has_treatment=TREATMENT in reduced.terms, has_presence=PRESENCE in reduced.terms
+        )
+        f2, _ = _fit_design(d2, reduced, seed)
+        result.idata_without = _assemble(f2, d2, reduced, seed, multivariate=multivariate)
+        result.loo = loo_table(result.idata, result.idata_without, design, multivariate)
+        result.timings["compile_s"] += f2.compile_time
+        result.timings["sampling_s"] += f2.sampling_time
+    if sensitivity and spec.sensitivity and design.has_presence:
+        result.sensitivity = sensitivity_table(design, spec, seed, sampler, fitted, effects)
+    result.timings["total_s"] = time.perf_counter() - start
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# LOO and prior sensitivity
+# --------------------------------------------------------------------------------------
+
+
+def _loo_idata(idata, dim: str | None):
+    import arviz as az
+
+    ll = idata.log_likelihood["y_obs"]
+    if dim is not None:
+        ll = ll.sel(dimension=dim)
+    post = idata.posterior[["intercept"]]
+    return az.InferenceData(posterior=post, log_likelihood=xr.Dataset({"y_obs": ll}))
+
+
+def loo_table(idata_with, idata_without, design: MultilevelDesign, multivariate: bool):
+    """LOO-CV (PSIS) of the models with and without the CBO terms, per outcome."""
+    import arviz as az
+
+    rows = []
+    targets = ["all dimensions (joint)"] if multivariate else list(design.dimensions)
+    for target in targets:
+        dim = None if multivariate else target
+        models = {
+            "with_cbo_terms": _loo_idata(idata_with, dim),
+            "without_cbo_terms": _loo_idata(idata_without, dim),
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cmp = az.compare(models, ic="loo")
+            loos = {k: az.loo(v, pointwise=True) for k, v in models.items()}
+        for name, row in cmp.iterrows():
+            k = loos[name].pareto_k.to_numpy()
+            rows.append(
+                {
+                    "dimension": target,
+                    "model": name,
+                    "rank": int(row["rank"]),
+                    "elpd_loo": row["elpd_loo"],
+                    "se": row["se"],
+                    "p_loo": row["p_loo"],
+                    "elpd_diff": row["elpd_diff"],
+                    "dse": row["dse"],
+                    "weight": row["weight"],
+                    "pareto_k_max": float(np.max(k)),
+                    "n_pareto_k_gt_0_7": int((k > 0.7).sum()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def sensitivity_table(design, spec, seed, sampler, fitted, effects) -> pd.DataFrame:
+    """Refit with the community-sd prior scale multiplied; effects side by side."""
+    from pari_bayes.effects import effects_table
+
+    priors = resolve_priors(spec.priors)
+    base = priors["community_sd"].params.get(
+        "sigma", 1.0 / priors["community_sd"].params.get("lam", 1.0)
+    )
+    rows = []
+    variants = sorted({1.0, *spec.sensitivity})
+    for mult in variants:
+        if mult == 1.0:
+            post, stats, eff = fitted.posterior, fitted.sample_stats, effects
+        else:
+            f, _ = _fit_design(design, spec, seed, tau_multiplier=mult, sampler=sampler)
+            post, stats = f.posterior, f.sample_stats
+            eff = effects_table(
+                lambda a, s, scope, new_z, post=post: potential_means(
+                    post, design, a, s, scope, new_z=new_z
+                ),
+                design.dimensions,
+                alphas=(),
+                rng=np.random.default_rng(seed),
+                shape=(post.sizes["chain"], post.sizes["draw"]),
+                scopes=("observed",),
+            )
+        div = int(stats["diverging"].sum()) if "diverging" in stats else 0
+        for dim in design.dimensions:
+            tau = post["community_sd"].sel(dimension=dim).to_numpy().ravel()
+            sub = eff[
+                (eff["dimension"] == dim)
+                & (eff["scope"] == "observed")
+                & eff["estimand"].isin(["DE", "IE", "TE"])
+            ]
+            for _, r in sub.iterrows():
+                rows.append(
+                    {
+                        "dimension": dim,
+                        "estimand": r["estimand"],
+                        "prior_scale_multiplier": mult,
+                        "community_sd_prior_sigma": base * mult,
+                        "mean": r["mean"],
+                        "sd": r["sd"],
+                        "q05": r["q05"],
+                        "q95": r["q95"],
+                        "prob_positive": r["prob_positive"],
+                        "community_sd_mean": float(
+                            tau.mean() * design.y_sd[design.dimensions.index(dim)]
+                        ),
+                        "divergences": div,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------
+
+
+def write_fit(
+    survey,
+    spec: ModelSpec | str | Path,
+    directory: str | Path,
+    seed: int | None = None,
+    allow_unconverged: bool = False,
+    plots: bool = True,
+) -> FitResult:
+    """Fit a spec and write its files into an existing folder.
+
+    Writes ``posterior.nc`` (and ``posterior_without_cbo.nc`` when the spec compares
+    models), ``effects.csv``, ``diagnostics.csv``, ``comparison.csv``, ``loo.csv``,
+    ``prior_sensitivity.csv`` and the plots ``forest.png``, ``ppc.png``,
+    ``prior_sensitivity.png``.
+
+    Parameters
+    ----------
+    survey
+        A validated survey.
+    spec
+        Spec object or file (``kind = "latent"`` is handed to
+        :func:`pari_bayes.estimation.latent.fit_latent_spec`).
+    directory
+        Existing output folder.
+    seed
+        Seed of everything (spec's seed by default).
+    allow_unconverged
+        Write the outputs even if the convergence gate fails; every file is then marked
+        ``UNCONVERGED``.
+    plots
+        Draw the PNG plots.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    ConvergenceError
+        If the gate fails and ``allow_unconverged`` is false (nothing is written).
+    """
+    from pari_bayes.diagnostics import check_convergence
+    from pari_bayes.effects import comparison_table
+
+    directory = Path(directory)
+    if not isinstance(spec, ModelSpec):
+        spec = load_spec(spec)
+    if spec.kind == "latent":
+        from pari_bayes.estimation.latent import fit_latent_spec
+
+        return fit_latent_spec(
+            survey,
+            spec,
+            directory,
+            seed=spec.sampler.seed if seed is None else seed,
+            allow_unconverged=allow_unconverged,
+        )
+    result = fit_spec(survey, spec, seed=seed)
+    seed = spec.sampler.seed if seed is None else int(seed)
+    failures = check_convergence(
+        result.diagnostics, result.effects, allow_unconverged=allow_unconverged
+    )
+    result.failures = failures
+    result.converged = not failures
+    status = "ok" if result.converged else "UNCONVERGED"
+    result.comparison = (
+        comparison_table(result.effects, survey) if len(result.effects) else (pd.DataFrame())
+    )
+    result.idata.attrs["status"] = status
+    result.idata.attrs["gate_failures"] = json.dumps(failures)
+    _write_all(result, directory, status, plots)
+    return result
+
+
+def _write_all(result: FitResult, directory: Path, status: str, plots: bool) -> None:
+    from pari_bayes.diagnostics import mark_unconverged
+    from pari_bayes.io import write_csv
+
+    written = []
+    nc = directory / "posterior.nc"
+    _to_netcdf(result.idata, nc)
+    written.append(nc.name)
+    if result.idata_without is not None:
+        result.idata_without.attrs["status"] = status
+        _to_netcdf(result.idata_without, directory / "posterior_without_cbo.nc")
+        written.append("posterior_without_cbo.nc")
+    tables = {
+        "effects.csv": result.effects,
+        "diagnostics.csv": result.diagnostics,
+        "comparison.csv": result.comparison,
+        "loo.csv": result.loo,
+        "prior_sensitivity.csv": result.sensitivity,
+    }
+    for name, frame in tables.items():
+        write_csv(mark_unconverged(frame, status), directory / name)
+        written.append(name)
+    if plots:
+        from pari_bayes.estimation import multilevel_plots as mp
+
+        title = "" if status == "ok" else "UNCONVERGED - "
+        for name, fn in (
+            ("forest.png", mp.forest_plot),
+            ("ppc.png", mp.ppc_plot),
+            ("prior_sensitivity.png", mp.sensitivity_plot),
+        ):
+            if fn(result, directory / name, title_prefix=title):
+                written.append(name)
+    result.files = written
+
+
+def _to_netcdf(idata, path: Path) -> None:
+    """Write atomically (temporary name, then rename)."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_posterior(path: str | Path, spec: ModelSpec | str | Path | None = None, survey=None):
+    """Read a ``posterior.nc`` and check its provenance.
+
+    Parameters
+    ----------
+    path
+        The NetCDF file written by :func:`write_fit`.
+    spec
+        If given, the spec it must come from (model name and content).
+    survey
+        If given, the survey it must come from (data hash).
+
+    Returns
+    -------
+    arviz.InferenceData
+
+    Raises
+    ------
+    ProvenanceError
+        If the file lacks provenance or does not match ``spec`` / ``survey``.
+    """
+    import arviz as az
+
+    path = Path(path)
+    if not path.exists():
+        raise ProvenanceError(f"{path}: no such posterior file; run `pari-bayes fit` first")
+    try:
+        idata = az.from_netcdf(path)
+    except Exception as exc:  # noqa: BLE001 - any read failure is a provenance problem
+        raise ProvenanceError(f"{path}: not a readable InferenceData NetCDF file: {exc}") from exc
+    needed = ("model_name", "package_version", "spec_json", "data_hash", "seed")
+    missing = [k for k in needed if k not in idata.attrs]
+    if missing:
+        raise ProvenanceError(
+            f"{path}: provenance attribute(s) {', '.join(missing)} missing; "
+            "the file was not written by pari_bayes.write_fit"
+        )
+    if spec is not None:
+        if not isinstance(spec, ModelSpec):
+            spec = load_spec(spec)
+        if idata.attrs["model_name"] != spec.name:
+            raise ProvenanceError(
+                f"{path}: fitted model {idata.attrs['model_name']!r}, expected {spec.name!r}"
+            )
+        saved = json.loads(idata.attrs["spec_json"])
+        current = json.loads(spec.to_json())
+        saved.pop("sampler", None)
+        current.pop("sampler", None)
+        if saved != current:
+            raise ProvenanceError(
+                f"{path}: the spec {spec.path} changed since the fit (model "
+                f"{spec.name!r}); refit with `pari-bayes fit --model {spec.path}`"
+            )
+    if survey is not None and idata.attrs["data_hash"] != survey.data_hash:
+        raise ProvenanceError(
+            f"{path}: fitted on data with hash {idata.attrs['data_hash'][:12]}..., but the "
+            f"survey {survey.source} hashes to {survey.data_hash[:12]}...; refit on this survey"
+        )
+    return idata

@@ -1,0 +1,354 @@
+"""Tests of the joint measurement + structural latent model (issue 6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from pari_bayes._paths import MODELS_DIR
+from pari_bayes.errors import SpecError, SurveyDataError
+from pari_bayes.estimation import latent as L
+from pari_bayes.measurement.items import (
+    ItemSpec,
+    binomial_logp_numpy,
+    hurdle_lognormal_logp_numpy,
+    masked_normal_logp,
+    ordinal_logp,
+    ordinal_logp_numpy,
+    prepare_items,
+)
+
+SMALL_SPEC = {
+    "kind": "latent",
+    "name": "small",
+    "factors": {"names": ["f1", "f2"]},
+    "items": [
+        {"name": "a1", "type": "ordinal", "factor": "f1", "levels": [1, 2, 3]},
+        {"name": "a2", "type": "binomial", "factor": "f1", "trials": "size", "proportion": True},
+        {"name": "a3", "type": "hurdle_lognormal", "factor": "f1", "zero_model": True},
+        {"name": "b1", "type": "ordinal", "factor": "f2", "levels": [1, 2]},
+        {"name": "b2", "type": "binomial", "factor": "f2", "trials": 5},
+    ],
+    "structural": {"covariates": ["x1"]},
+    "sampler": {"sampler": "pymc", "draws": 20, "tune": 20, "chains": 2, "cores": 1},
+}
+
+
+class _Survey:
+    def __init__(self, data):
+        self.data = data
+        self.registry = None
+        self.data_hash = "test"
+
+
+def small_frame(n: int = 40, seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    comm = np.array(["C1", "C2", "C3"])[np.arange(n) % 3]
+    presence = (comm != "C1").astype(int)
+    size = rng.integers(1, 6, n)
+    employed = rng.binomial(size, 0.4)
+    return pd.DataFrame(
+        {
+            "household_id": [f"H{i}" for i in range(n)],
+            "community": comm,
+            "cbo_presence": presence,
+            "cbo_participation": presence * rng.integers(0, 2, n),
+            "x1": rng.normal(size=n),
+            "size": size,
+            "a1": rng.integers(1, 4, n),
+            "a2": employed / size,
+            "a3": np.where(employed > 0, rng.lognormal(6, 0.7, n), 0.0),
+            "b1": rng.integers(1, 3, n),
+            "b2": rng.integers(0, 6, n),
+        }
+    )
+
+
+# ---------------------------------------------------------------- item likelihoods
+
+
+def test_ordinal_logp_matches_manual_and_sums_to_one():
+    import pytensor.tensor as pt
+
+    cuts = np.array([-1.0, 0.5, 2.0])
+    lin = np.array([0.3, -2.0, 1.7, 0.0])
+    cats = np.array([0, 1, 2, 3])
+    pad = np.concatenate([[-1e3], cuts, [1e3]])
+    got = ordinal_logp(
+        pt.as_tensor(cats),
+        pt.as_tensor(lin),
+        pt.as_tensor(pad[cats]),
+        pt.as_tensor(pad[cats + 1]),
+        pt.as_tensor(np.ones(4)),
+    ).eval()
+    cdf = 1 / (1 + np.exp(-(np.concatenate([[-np.inf], cuts, [np.inf]])[:, None] - lin[None, :])))
+    manual = np.log(np.diff(cdf, axis=0))[cats, np.arange(4)]
+    np.testing.assert_allclose(got, manual, rtol=1e-8)
+    np.testing.assert_allclose(got, ordinal_logp_numpy(cats, lin, cuts), rtol=1e-8)
+    # all categories for one x sum to probability one
+    allk = ordinal_logp_numpy(np.arange(4), np.full(4, 0.7), cuts)
+    assert np.exp(allk).sum() == pytest.approx(1.0)
+
+
+def test_ordinal_logp_masked_answers_contribute_zero():
+    import pytensor.tensor as pt
+
+    got = ordinal_logp(
+        pt.as_tensor([0]),
+        pt.as_tensor([5.0]),
+        pt.as_tensor([-1e3]),
+        pt.as_tensor([0.0]),
+        pt.as_tensor([0.0]),
+    ).eval()
+    assert got[0] == 0.0
+
+
+def test_binomial_logp_matches_scipy():
+    count, trials, logit = np.array([0, 3, 9]), np.array([9, 9, 9]), np.array([-1.0, 0.2, 2.5])
+    p = 1 / (1 + np.exp(-logit))
+    np.testing.assert_allclose(
+        binomial_logp_numpy(count, trials, logit), stats.binom.logpmf(count, trials, p)
+    )
+
+
+def test_hurdle_lognormal_logp():
+    y = np.array([0.0, 0.0, 120.0, 900.0])
+    mu, sigma, lz = 6.0, 0.8, 0.4
+    got = hurdle_lognormal_logp_numpy(y, mu, sigma, np.full(4, lz))
+    p = 1 / (1 + np.exp(-lz))
+    expect = np.where(
+        y > 0,
+        np.log(p) + stats.lognorm.logpdf(np.where(y > 0, y, 1), s=sigma, scale=np.exp(mu)),
+        np.log1p(-p),
+    )
+    np.testing.assert_allclose(got, expect)
+    # conditioning on zeros: they contribute nothing
+    assert hurdle_lognormal_logp_numpy(y, mu, sigma, None)[:2].tolist() == [0.0, 0.0]
+
+
+def test_masked_normal_logp():
+    got = masked_normal_logp(np.array([0.5, 2.0]), 0.0, 1.5, np.array([1.0, 0.0])).eval()
+    assert got[0] == pytest.approx(stats.norm.logpdf(0.5, 0, 1.5))
+    assert got[1] == 0.0
+
+
+# ---------------------------------------------------------------- item preparation
+
+
+def test_prepare_items_proportion_and_hurdle():
+    frame = small_frame()
+    spec = L.parse_latent_spec(SMALL_SPEC)
+    data = prepare_items(frame, spec.items, spec.factors)
+    employed = np.round(frame["a2"] * frame["size"]).to_numpy()
+    np.testing.assert_array_equal(data.binomial.count[:, 0], employed)
+    np.testing.assert_array_equal(data.binomial.trials[:, 0], frame["size"])
+    np.testing.assert_array_equal(data.binomial.trials[:, 1], 5)
+    assert data.hurdle.positive[:, 0].sum() == (frame["a3"] > 0).sum()
+    pos = data.hurdle.positive[:, 0] == 1
+    assert data.hurdle.log_value[pos, 0].mean() == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_array_equal(data.ordinal.category[:, 0], frame["a1"] - 1)
+
+
+def test_prepare_items_rejects_bad_values():
+    frame = small_frame()
+    spec = L.parse_latent_spec(SMALL_SPEC)
+    bad = frame.assign(a1=frame["a1"].where(frame.index != 4, 7))
+    with pytest.raises(
+        SurveyDataError, match=r"item 'a1': value 7 in row 6 is not one of its levels"
+    ):
+        prepare_items(bad, spec.items, spec.factors)
+    bad = frame.assign(a2=frame["a2"].where(frame.index != 0, 0.3337))
+    with pytest.raises(SurveyDataError, match="not a whole number of successes"):
+        prepare_items(bad, spec.items, spec.factors)
+    with pytest.raises(SurveyDataError, match="needs column 'size'"):
+        prepare_items(frame.drop(columns="size"), spec.items, spec.factors)
+
+
+def test_item_on_undeclared_factor_is_spec_error():
+    raw = dict(
+        SMALL_SPEC,
+        items=SMALL_SPEC["items"]
+        + [{"name": "c1", "type": "ordinal", "factor": "f9", "levels": [1, 2]}],
+    )
+    with pytest.raises(SpecError, match=r"factor 'f9' is not declared; declared factors: f1, f2"):
+        L.parse_latent_spec(raw)
+    with pytest.raises(SpecError, match="loads on factor 'f3'"):
+        prepare_items(small_frame(), [ItemSpec("a1", "ordinal", "f3", levels=(1, 2, 3))], ["f1"])
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"invariance": "by_item"}, "invariance = 'by_item'; allowed: full"),
+        ({"factors": {"names": []}}, "non-empty list of factor names"),
+        (
+            {"items": [{"name": "a1", "type": "poisson", "factor": "f1"}]},
+            "type 'poisson' is unknown",
+        ),
+        (
+            {"items": [{"name": "a1", "type": "ordinal", "factor": "f1", "levels": [2]}]},
+            "at least two levels",
+        ),
+        ({"items": [{"name": "a1", "type": "binomial", "factor": "f1"}]}, "needs trials"),
+        ({"latent_priors": {"community_sd": -1}}, "community_sd must be positive"),
+        ({"latent_priors": {"nonsense": 1}}, "'nonsense' is unknown"),
+        ({"factors": {"names": ["f1", "f2", "f3"]}}, "factor\\(s\\) without items: f3"),
+    ],
+)
+def test_spec_errors(change, match):
+    with pytest.raises(SpecError, match=match):
+        L.parse_latent_spec(dict(SMALL_SPEC, **change))
+
+
+def test_shipped_spec_parses_with_all_codebook_items(codebook):
+    spec = L.load_latent_spec(MODELS_DIR / "latent.toml")
+    assert {it.name for it in spec.items} == set(codebook.indicator_names)
+    for it in spec.items:
+        assert it.factor == codebook[it.name].dimension
+        if it.kind == "ordinal":
+            assert it.levels == codebook[it.name].values
+    assert spec.invariance == "full"
+
+
+# ---------------------------------------------------------------- model and identification
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    spec = L.parse_latent_spec(SMALL_SPEC)
+    design = L.latent_design(_Survey(small_frame()), spec)
+    return spec, design, L.build_latent_model(design, spec)
+
+
+def test_identification_constraints(small_model):
+    spec, design, model = small_model
+    # loadings are positive by construction: log-transformed, support (0, inf)
+    assert model.rvs_to_transforms[model["loading"]].name == "log"
+    draws = __import__("pymc").draw(model["loading"], draws=200, random_seed=1)
+    assert (draws > 0).all()
+    # one loading per item, each item on one factor
+    assert model.named_vars_to_dims["loading"] == ("indicator",)
+    # no structural intercept: with x = 0, a = 0, s = 0 and zero community/household terms,
+    # the factor is exactly 0 (location fixed); the disturbance correlation has a unit diagonal
+    ip = model.initial_point()
+    ip = {k: np.zeros_like(v) for k, v in ip.items()}
+    (eta_graph,) = model.replace_rvs_by_values([model["eta"]])
+    fn = model.compile_fn(eta_graph, inputs=model.value_vars, on_unused_input="ignore")
+    eta = fn(ip)
+    assert np.abs(eta).max() == 0.0
+    corr = __import__("pymc").draw(model["disturbance_corr"], draws=5, random_seed=2)
+    np.testing.assert_allclose(np.diagonal(corr, axis1=1, axis2=2), 1.0)
+
+
+def test_invariance_options_add_community_deviations_except_anchor():
+    spec = L.parse_latent_spec(
+        dict(SMALL_SPEC, measurement={"invariance": "loadings_by_community"})
+    )
+    design = L.latent_design(_Survey(small_frame()), spec)
+    model = L.build_latent_model(design, spec)
+    dev = __import__("pymc").draw(model["loading_log_deviation"], random_seed=1)
+    anchors = [0, 3]  # first item of f1 and f2
+    assert np.all(dev[:, anchors] == 0)
+    assert np.all(dev[:, [1, 2, 4]] != 0)
+    model2 = L.build_latent_model(design, spec, invariance="thresholds_by_community")
+    assert "intercept_shift" in model2.named_vars
+
+
+def test_tiny_draw_wiring(tmp_path):
+    spec = L.parse_latent_spec(SMALL_SPEC)
+    result = L.fit_latent_spec(
+        _Survey(small_frame()), spec, tmp_path, seed=5, allow_unconverged=True
+    )
+    effects = pd.read_csv(tmp_path / "effects.csv")
+    assert list(effects.columns[:12]) == [
+        "dimension",
+        "estimand",
+        "alpha",
+        "scope",
+        "mean",
+        "sd",
+        "q05",
+        "q50",
+        "q95",
+        "prob_positive",
+        "ess_bulk",
+        "r_hat",
+    ]
+    assert set(effects["estimand"]) == {"DE", "IE", "TE", "OE"}
+    assert set(effects["scope"]) == {"observed", "new"}
+    # TE = DE + IE draw by draw, so the means add up
+    obs = effects[(effects["scope"] == "observed") & effects["alpha"].isna()]
+    mean = {(r.dimension, r.estimand): r.mean for r in obs.itertuples()}
+    for dim in ("f1", "f2"):
+        assert mean[(dim, "TE")] == pytest.approx(mean[(dim, "DE")] + mean[(dim, "IE")], abs=1e-4)
+    scores = pd.read_csv(tmp_path / "factor_scores.csv")
+    assert len(scores) == 2 * 40 and (scores["sd"] > 0).all()
+    assert (tmp_path / "diagnostics.csv").exists()
+    import arviz as az
+
+    idata = az.from_netcdf(tmp_path / "posterior.nc")
+    assert set(idata.posterior["eta"].dims) == {"chain", "draw", "household", "dimension"}
+    assert idata.log_likelihood["households"].shape[-1] == 40
+    assert idata.attrs["kind"] == "latent" and idata.attrs["seed"] == 5
+    assert result.timing["wall_s"] > 0
+    # a gate with these few draws must fail and say why
+    assert not result.converged and any("ess_bulk" in f for f in result.failures)
+
+
+def test_gate_failure_raises_convergence_error(tmp_path):
+    from pari_bayes.errors import ConvergenceError
+
+    spec = L.parse_latent_spec(SMALL_SPEC)
+    with pytest.raises(ConvergenceError, match="failed the convergence gate"):
+        L.fit_latent_spec(_Survey(small_frame()), spec, tmp_path, seed=5)
+
+
+# ---------------------------------------------------------------- slow checks
+
+
+@pytest.mark.slow
+def test_recovery_default_size():
+    """90% intervals cover the true loadings and DE/IE on a survey simulated by the generator."""
+    from pari_bayes.codebook import load_codebook
+    from pari_bayes.registry import load_registry
+    from pari_bayes.simulate import default_params, simulate_survey
+    from pari_bayes.survey import validate_frame
+
+    params = default_params()
+    for dim in params["structural"].values():
+        dim["gamma"] = 0.0  # no unobserved confounding: DE is identified
+    sim = simulate_survey(287, params=params, seed=11)
+    survey = validate_frame(sim.data, load_registry(), load_codebook())
+    spec = L.load_latent_spec(MODELS_DIR / "latent.toml")
+    design = L.latent_design(
+        survey, spec, adjustment={d: L.FALLBACK_COVARIATES for d in spec.factors}
+    )
+    model = L.build_latent_model(design, spec)
+    idata, _ = L.sample_latent(model, spec.sampler, seed=3)
+    misses = []
+    for j, it in enumerate(spec.items):
+        if it.kind == "hurdle_lognormal":
+            continue  # standardized log scale; the truth is on the raw log scale
+        draws = idata.posterior["loading"].to_numpy()[..., j].ravel()
+        lo, hi = np.quantile(draws, [0.05, 0.95])
+        if not lo <= sim.params["items"][it.name]["loading"] <= hi:
+            misses.append(it.name)
+    assert len(misses) <= 2, misses  # 12 intervals at 90%: a few misses are expected
+    effects = L.latent_effects(idata, design, spec)
+    obs = effects[(effects["scope"] == "observed") & effects["estimand"].isin(["DE", "IE"])]
+    covered = [
+        row.q05 <= sim.truth["effects_latent"][row.dimension][row.estimand] <= row.q95
+        for row in obs.itertuples()
+    ]
+    assert sum(covered) >= 6, obs
+
+
+@pytest.mark.slow
+def test_gate_on_bundled_survey(tmp_path):
+    from pari_bayes.survey import load_survey
+
+    result = L.fit_latent_spec(load_survey(), MODELS_DIR / "latent.toml", tmp_path)
+    assert result.converged
+    assert (result.effects["ess_bulk"] >= 400).all() and (result.effects["r_hat"] <= 1.01).all()

@@ -32,7 +32,12 @@ def main() -> None:
         allocations = (0.3, 0.6)
         sim = simulate_two_stage(n_groups=60 if args.quick else 250, seed=args.seed)
         result = pb.ipw_effects(
-            sim, outcome="y", treatment="a", group="group", covariates=["x"], allocations=allocations
+            sim,
+            outcome="y",
+            treatment="a",
+            group="group",
+            covariates=["x"],
+            allocations=allocations,
         )
         effects = result.effects.merge(two_stage_truth(allocations), how="left")
         write_csv(effects, tmp / "simulated_effects.csv")

@@ -27,9 +27,23 @@ def main() -> None:
     survey = pb.load_survey(args.data)
     with output_dir(args.out, force=True) as tmp:
         result = pb.write_ols(survey, tmp, seed=args.seed, n_boot=199 if args.quick else 999)
-    cbo = result.coefficients[result.coefficients["term"].isin(["cbo_participation", "cbo_existence"])]
-    print(cbo[["model", "dimension", "term", "coef", "published_coef", "diff_in_se", "stars", "p_wild"]]
-          .to_string(index=False))
+    cbo = result.coefficients[
+        result.coefficients["term"].isin(["cbo_participation", "cbo_existence"])
+    ]
+    print(
+        cbo[
+            [
+                "model",
+                "dimension",
+                "term",
+                "coef",
+                "published_coef",
+                "diff_in_se",
+                "stars",
+                "p_wild",
+            ]
+        ].to_string(index=False)
+    )
     print(f"wrote {args.out}")
 
 

@@ -29,7 +29,9 @@ def test_output_dir_refuses_non_empty_without_force(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "old.csv").write_text("old")
-    with pytest.raises(OutputError, match="exists and is not empty; choose a new folder or pass --force"):
+    with pytest.raises(
+        OutputError, match="exists and is not empty; choose a new folder or pass --force"
+    ):
         with output_dir(out):
             pass
     with pytest.raises(KeyboardInterrupt), output_dir(out, force=True) as stage:

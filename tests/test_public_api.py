@@ -5,17 +5,45 @@ from __future__ import annotations
 import pari_bayes as pb
 
 EXPECTED = {
-    "__version__", "DIMENSIONS", "EXPOSURE_GROUPS", "Codebook", "Registry", "Survey",
-    "load_codebook", "load_registry", "load_survey", "validate_frame",
-    "simulate_survey", "simulate_potential_outcomes", "write_calibration",
-    "pca_scores", "fit_table4", "write_ols",
-    "load_dag", "identify", "write_identification",
-    "load_spec", "fit_model", "load_posterior",
-    "ipw_effects", "write_ipw_survey", "hash_household_ids",
-    "RunOptions", "run_pipeline", "build_report",
-    "PariBayesError", "SurveyDataError", "RegistryError", "SpecError", "DAGError",
-    "IdentificationError", "EstimationError", "ConvergenceError", "OutputError",
-    "ProvenanceError", "PariBayesWarning",
+    "__version__",
+    "DIMENSIONS",
+    "EXPOSURE_GROUPS",
+    "Codebook",
+    "Registry",
+    "Survey",
+    "load_codebook",
+    "load_registry",
+    "load_survey",
+    "validate_frame",
+    "simulate_survey",
+    "simulate_potential_outcomes",
+    "write_calibration",
+    "pca_scores",
+    "fit_table4",
+    "write_ols",
+    "load_dag",
+    "identify",
+    "write_identification",
+    "load_spec",
+    "fit_model",
+    "load_posterior",
+    "ipw_effects",
+    "write_ipw_survey",
+    "hash_household_ids",
+    "RunOptions",
+    "run_pipeline",
+    "build_report",
+    "PariBayesError",
+    "SurveyDataError",
+    "RegistryError",
+    "SpecError",
+    "DAGError",
+    "IdentificationError",
+    "EstimationError",
+    "ConvergenceError",
+    "OutputError",
+    "ProvenanceError",
+    "PariBayesWarning",
 }
 
 
@@ -30,6 +58,15 @@ def test_every_public_name_resolves():
 
 
 def test_errors_share_one_base():
-    for name in ["SurveyDataError", "RegistryError", "SpecError", "DAGError", "IdentificationError",
-                 "EstimationError", "ConvergenceError", "OutputError", "ProvenanceError"]:
+    for name in [
+        "SurveyDataError",
+        "RegistryError",
+        "SpecError",
+        "DAGError",
+        "IdentificationError",
+        "EstimationError",
+        "ConvergenceError",
+        "OutputError",
+        "ProvenanceError",
+    ]:
         assert issubclass(getattr(pb, name), pb.PariBayesError)

@@ -27,11 +27,14 @@ BASE = '[[community]]\nname = "A"\nformed = "2019-01"\nsurveyed = "2020-08"\n'
         (BASE.replace("2019-01", "Jan 2019"), r"is not a month; write it as \"YYYY-MM\""),
         (BASE + BASE, r"community 'A': two communities share this name"),
         (BASE.replace("2019-01", "2021-01"), r"formed 2021-01 is after surveyed 2020-08"),
-        (BASE + 'cbos = [{ name = "X", kind = "sports" }]\n', r"kind 'sports'; allowed: voluntary_service"),
+        (
+            BASE + 'cbos = [{ name = "X", kind = "sports" }]\n',
+            r"kind 'sports'; allowed: voluntary_service",
+        ),
         ('[[community]]\nname = "A"\nformed = "2019-01"\n', r"missing required key 'surveyed'"),
         ("kinds = []\n", r"no \[\[community\]\] entries"),
         ("[[community]\n", r"not a valid TOML registry"),
-        ('town = 1\n' + BASE, r"unknown top-level key\(s\) \['town'\]"),
+        ("town = 1\n" + BASE, r"unknown top-level key\(s\) \['town'\]"),
     ],
 )
 def test_registry_errors(tmp_path, text, message):

@@ -31,13 +31,18 @@ def test_valid_frame_derives_exposure(fake_frame, registry, codebook):
 
 def test_unknown_community(fake_frame, registry, codebook):
     fake_frame.loc[3, "community"] = "ZZ"
-    with pytest.raises(SurveyDataError, match=r"row 5 \(household_id H0003\), column community: 'ZZ'.*allowed: XT, HC, TF, LT"):
+    with pytest.raises(
+        SurveyDataError,
+        match=r"row 5 \(household_id H0003\), column community: 'ZZ'.*allowed: XT, HC, TF, LT",
+    ):
         _validate(fake_frame, registry, codebook)
 
 
 def test_duplicate_household_id(fake_frame, registry, codebook):
     fake_frame.loc[5, "household_id"] = "H0001"
-    with pytest.raises(SurveyDataError, match=r"rows 3, 7, column household_id: 'H0001' appears 2 times"):
+    with pytest.raises(
+        SurveyDataError, match=r"rows 3, 7, column household_id: 'H0001' appears 2 times"
+    ):
         _validate(fake_frame, registry, codebook)
 
 
@@ -63,31 +68,41 @@ def test_missing_value(fake_frame, registry, codebook):
 def test_out_of_coding(fake_frame, registry, codebook, column, value, allowed):
     fake_frame[column] = fake_frame[column].astype(object)
     fake_frame.loc[7, column] = value
-    with pytest.raises(SurveyDataError, match=rf"H0007\), column {column}: '{value}'.*allowed: {allowed}"):
+    with pytest.raises(
+        SurveyDataError, match=rf"H0007\), column {column}: '{value}'.*allowed: {allowed}"
+    ):
         _validate(fake_frame, registry, codebook)
 
 
 def test_participation_without_cbo(fake_frame, registry, codebook):
     row = fake_frame.index[fake_frame["community"] == "XT"][0]
     fake_frame.loc[row, "cbo_participation"] = 1
-    with pytest.raises(SurveyDataError, match=r"column cbo_participation: 1 in community 'XT', which has no CBOs"):
+    with pytest.raises(
+        SurveyDataError, match=r"column cbo_participation: 1 in community 'XT', which has no CBOs"
+    ):
         _validate(fake_frame, registry, codebook)
 
 
 def test_residence_longer_than_community(fake_frame, registry, codebook):
     row = fake_frame.index[fake_frame["community"] == "LT"][0]
     fake_frame.loc[row, "residence_months"] = 12  # LT formed 2019-12, surveyed 2020-08: 8 months
-    with pytest.raises(SurveyDataError, match=r"residence_months: 12 is longer than community LT.*allowed: 0 to 8"):
+    with pytest.raises(
+        SurveyDataError, match=r"residence_months: 12 is longer than community LT.*allowed: 0 to 8"
+    ):
         _validate(fake_frame, registry, codebook)
 
 
 def test_cbo_existence_must_agree(fake_frame, registry, codebook):
     presence = fake_frame["community"].map(registry.cbo_presence)
-    fake_frame["cbo_existence"] = ((presence == 1) & (fake_frame["cbo_participation"] == 0)).astype(int)
+    fake_frame["cbo_existence"] = ((presence == 1) & (fake_frame["cbo_participation"] == 0)).astype(
+        int
+    )
     _validate(fake_frame, registry, codebook)  # agrees: fine
     row = fake_frame.index[fake_frame["community"] == "XT"][0]
     fake_frame.loc[row, "cbo_existence"] = 1
-    with pytest.raises(SurveyDataError, match=r"cbo_existence: 1 disagrees with the registry.*allowed: 0"):
+    with pytest.raises(
+        SurveyDataError, match=r"cbo_existence: 1 disagrees with the registry.*allowed: 0"
+    ):
         _validate(fake_frame, registry, codebook)
 
 
@@ -180,5 +195,7 @@ def test_new_community_via_registry(tmp_path, fake_frame):
 def test_registry_community_without_households(tmp_path, fake_frame):
     path = tmp_path / "s.csv"
     fake_frame[fake_frame["community"] != "TF"].to_csv(path, index=False)
-    with pytest.raises(SurveyDataError, match="community 'TF' is in the registry .* but has no households"):
+    with pytest.raises(
+        SurveyDataError, match="community 'TF' is in the registry .* but has no households"
+    ):
         load_survey(path)

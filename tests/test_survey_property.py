@@ -9,11 +9,10 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import make_fake_survey
 from pari_bayes import PariBayesError, PariBayesWarning, Survey, validate_frame
 from pari_bayes.codebook import load_codebook
 from pari_bayes.registry import load_registry
-
-from conftest import make_fake_survey
 
 CODEBOOK = load_codebook()
 REGISTRY = load_registry()

@@ -134,4 +134,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike, float_format: str = "%.6g") -> Path:
     """Write a data frame as CSV atomically, with a fixed float format (byte-reproducible)."""
-    return atomic_write_text(path, frame.to_csv(index=False, float_format=float_format, lineterminator="\n"))
+    return atomic_write_text(
+        path, frame.to_csv(index=False, float_format=float_format, lineterminator="\n")
+    )

@@ -82,8 +82,12 @@ class RunResult:
 
 
 def default_model_specs() -> list[Path]:
-    """The shipped model specs the main job fits."""
-    return [MODELS_DIR / f"{name}.toml" for name in DEFAULT_MODELS if (MODELS_DIR / f"{name}.toml").exists()]
+    """Return the shipped model specs the main job fits."""
+    return [
+        MODELS_DIR / f"{name}.toml"
+        for name in DEFAULT_MODELS
+        if (MODELS_DIR / f"{name}.toml").exists()
+    ]
 
 
 def data_summary(survey: Survey) -> pd.DataFrame:
@@ -174,7 +178,9 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         from pari_bayes.estimation.ols import write_ols
 
         (directory / "ols").mkdir()
-        table4 = _timed(result, "ols", lambda: write_ols(survey, directory / "ols", seed=options.seed))
+        table4 = _timed(
+            result, "ols", lambda: write_ols(survey, directory / "ols", seed=options.seed)
+        )
         method_effects.append(_ols_effects(table4))
 
     if "identification" in steps:
@@ -224,7 +230,9 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         from pari_bayes.estimation.ipw import write_ipw_survey
 
         (directory / "ipw").mkdir()
-        _timed(result, "ipw", lambda: write_ipw_survey(survey, directory / "ipw", seed=options.seed))
+        _timed(
+            result, "ipw", lambda: write_ipw_survey(survey, directory / "ipw", seed=options.seed)
+        )
         common = directory / "ipw" / "ipw_effects_common.csv"
         if common.exists():
             eff = pd.read_csv(common)
@@ -260,7 +268,8 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         build_report(directory)
     if failures and not (options.allow_unconverged or options.quick):
         raise ConvergenceError(
-            "convergence gate failed: " + "; ".join(failures)
+            "convergence gate failed: "
+            + "; ".join(failures)
             + ". Re-run with more draws (see the spec's [sampler]) or pass "
             "--allow-unconverged to keep the outputs marked UNCONVERGED."
         )
@@ -314,7 +323,9 @@ def _forest_plot(effects: pd.DataFrame, path: Path) -> None:
     sub = effects[(effects["estimand"].isin(["DE", "IE", "TE"])) & (effects["scope"] == "observed")]
     dims = list(dict.fromkeys(sub["dimension"]))
     methods = list(dict.fromkeys(sub["method"]))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 0.6 + 0.45 * max(1, len(dims) * len(methods) / 2)), sharey=True)
+    fig, axes = plt.subplots(
+        1, 3, figsize=(13, 0.6 + 0.45 * max(1, len(dims) * len(methods) / 2)), sharey=True
+    )
     colors = plt.get_cmap("tab10")
     for ax, estimand in zip(axes, ["DE", "IE", "TE"], strict=True):
         est = sub[sub["estimand"] == estimand]
@@ -324,8 +335,14 @@ def _forest_plot(effects: pd.DataFrame, path: Path) -> None:
                 row = est[(est["dimension"] == dim) & (est["method"] == method)]
                 if not row.empty:
                     r = row.iloc[0]
-                    ax.errorbar(r["mean"], y, xerr=[[r["mean"] - r["q05"]], [r["q95"] - r["mean"]]],
-                                fmt="o", color=colors(k), label=method if dim == dims[0] else None)
+                    ax.errorbar(
+                        r["mean"],
+                        y,
+                        xerr=[[r["mean"] - r["q05"]], [r["q95"] - r["mean"]]],
+                        fmt="o",
+                        color=colors(k),
+                        label=method if dim == dims[0] else None,
+                    )
                 labels.append(f"{dim} | {method}")
                 y += 1
         ax.axvline(0, color="grey", lw=0.8)
@@ -378,5 +395,7 @@ def plain_summary(survey: Survey, result: RunResult, table4) -> list[str]:
             lines.append(text + ".")
     if result.gate is not None and not result.gate_passed:
         bad = result.gate.loc[~result.gate["passed"].astype(bool), "model"].tolist()
-        lines.append(f"UNCONVERGED: {', '.join(bad)} failed the convergence gate; do not report them.")
+        lines.append(
+            f"UNCONVERGED: {', '.join(bad)} failed the convergence gate; do not report them."
+        )
     return lines

@@ -17,7 +17,7 @@ __all__ = ["hash_household_ids", "new_salt"]
 
 
 def new_salt() -> str:
-    """A random 128-bit salt (hex)."""
+    """Return a random 128-bit salt (hex)."""
     return secrets.token_hex(16)
 
 
@@ -42,4 +42,6 @@ def hash_household_ids(survey: Survey, salt: str) -> Survey:
         "h_" + hashlib.sha256(f"{salt}:{hid}".encode()).hexdigest()[:16]
         for hid in data["household_id"]
     ]
-    return replace(survey, data=data, notices=[*survey.notices, "household ids replaced by salted hashes"])
+    return replace(
+        survey, data=data, notices=[*survey.notices, "household ids replaced by salted hashes"]
+    )

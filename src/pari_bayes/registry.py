@@ -25,7 +25,7 @@ DEFAULT_KINDS = ("voluntary_service", "recreational", "mixed", "economic", "othe
 def _parse_month(value: object, where: str) -> tuple[int, int]:
     match = _MONTH.match(str(value)) if isinstance(value, str) else None
     if match is None or not 1 <= int(match.group(2)) <= 12:
-        raise RegistryError(f"{where}: {value!r} is not a month; write it as \"YYYY-MM\".")
+        raise RegistryError(f'{where}: {value!r} is not a month; write it as "YYYY-MM".')
     return int(match.group(1)), int(match.group(2))
 
 
@@ -171,6 +171,8 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
                 )
             cbos.append(CBO(name=str(cbo["name"]), kind=str(cbo["kind"])))
         communities.append(
-            Community(name=name, formed=entry["formed"], surveyed=entry["surveyed"], cbos=tuple(cbos))
+            Community(
+                name=name, formed=entry["formed"], surveyed=entry["surveyed"], cbos=tuple(cbos)
+            )
         )
     return Registry(communities=tuple(communities), path=path, kinds=kinds)

@@ -53,7 +53,9 @@ def _esc(text: object) -> str:
     return html.escape(str(text))
 
 
-def csv_table(run_dir: Path, rel: str, columns: list[str] | None = None, max_rows: int = 400) -> str:
+def csv_table(
+    run_dir: Path, rel: str, columns: list[str] | None = None, max_rows: int = 400
+) -> str:
     """Render a CSV of the run as an HTML table, cell text exactly as in the file."""
     path = run_dir / rel
     if not path.exists():
@@ -210,13 +212,20 @@ def build_report(run_dir: str | os.PathLike, target: str | os.PathLike | None = 
             + "<h3>Latent model loadings</h3>"
             + csv_table(run_dir, "fit/latent/loadings.csv"),
         ),
-        "identification": ("Causal graph, identification and refutations", _identification_section(run_dir)),
+        "identification": (
+            "Causal graph, identification and refutations",
+            _identification_section(run_dir),
+        ),
         "table4": (
             "Table 4: ours vs published, with few-cluster inference",
-            csv_table(run_dir, "ols/ols_table4.csv") + csv_table(run_dir, "ols/ols_fit.csv")
+            csv_table(run_dir, "ols/ols_table4.csv")
+            + csv_table(run_dir, "ols/ols_fit.csv")
             + markdown_block(run_dir, "ols/table4.md"),
         ),
-        "effects": ("Effects: OLS, IPW, multilevel and latent models side by side", _effects_section(run_dir)),
+        "effects": (
+            "Effects: OLS, IPW, multilevel and latent models side by side",
+            _effects_section(run_dir),
+        ),
         "diagnostics": ("Diagnostics and prior sensitivity", _diagnostics_section(run_dir)),
     }
     body = []
@@ -224,7 +233,7 @@ def build_report(run_dir: str | os.PathLike, target: str | os.PathLike | None = 
         title, content = sections[key]
         body.append(f'<section id="{key}"><h2>{_esc(title)}</h2>{content}</section>')
     doc = (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>pari_bayes report</title><style>{_CSS}</style></head><body>"
         f"<h1>pari_bayes report</h1><p>pari_bayes {__version__}; survey "
         f"<code>{_esc(meta.get('data', ''))}</code>; seed {_esc(meta.get('seed', ''))}; "

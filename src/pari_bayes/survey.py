@@ -107,7 +107,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
         text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is accepted and removed
     except UnicodeDecodeError as exc:
         raise SurveyDataError(
-            f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
+            f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}); "
             "save the survey as UTF-8 CSV."
         ) from exc
     if "\x00" in text:
@@ -226,7 +226,9 @@ def validate_frame(
     notices: list[str] = []
     dup_cols = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
     if dup_cols:
-        raise SurveyDataError(f"{source}: column(s) {dup_cols} appear more than once in the header.")
+        raise SurveyDataError(
+            f"{source}: column(s) {dup_cols} appear more than once in the header."
+        )
     missing_cols = [c for c in codebook.required if c not in frame.columns]
     if missing_cols:
         raise SurveyDataError(

@@ -13,11 +13,15 @@ def add_data_arguments(parser: argparse.ArgumentParser, positional: bool = False
         parser.add_argument("survey", metavar="SURVEY", help="survey CSV to check")
     else:
         parser.add_argument(
-            "--data", default=str(DEFAULT_SURVEY), metavar="SURVEY",
+            "--data",
+            default=str(DEFAULT_SURVEY),
+            metavar="SURVEY",
             help="survey CSV (default: the bundled synthetic survey)",
         )
     parser.add_argument(
-        "--communities", default=str(DEFAULT_REGISTRY), metavar="FILE",
+        "--communities",
+        default=str(DEFAULT_REGISTRY),
+        metavar="FILE",
         help="community registry TOML (default: data/communities.toml)",
     )
 
@@ -32,4 +36,6 @@ def add_out_arguments(parser: argparse.ArgumentParser, required: bool = True) ->
 
 def add_seed_argument(parser: argparse.ArgumentParser, default: int = 20240611) -> None:
     """Add ``--seed``."""
-    parser.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+    parser.add_argument(
+        "--seed", type=int, default=default, help=f"random seed (default {default})"
+    )

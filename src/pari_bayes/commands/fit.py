@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         result = fit_model(
             survey, spec, tmp, seed=args.seed, allow_unconverged=args.allow_unconverged
         )
-    status = "converged" if getattr(result, "converged", True) else "UNCONVERGED"
+    converged = bool(getattr(result, "converged", True))
+    status = "converged" if converged else "UNCONVERGED (convergence gate failed; outputs marked)"
     print(f"{spec.name}: {status}; wrote {args.out}")
     effects = getattr(result, "effects", None)
     if effects is not None and len(effects):
@@ -66,4 +67,5 @@ def run(args: argparse.Namespace) -> int:
                 f"  {r['dimension']:<24} {r['estimand']}: {r['mean']:+.3f} "
                 f"[{r['q05']:+.3f}, {r['q95']:+.3f}]"
             )
-    return 0
+    # A run that misses the gate says so in its exit status, even when its outputs are kept.
+    return 0 if converged else 3

@@ -14,13 +14,17 @@ HELP = "(re)build the self-contained report.html of an existing run folder"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add this command's arguments."""
-    parser.add_argument("--out", required=True, metavar="DIR", help="a folder written by `pari-bayes run`")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="a folder written by `pari-bayes run`"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Write DIR/report.html."""
     run_dir = Path(args.out)
     if not (run_dir / "run.json").exists():
-        raise OutputError(f"{run_dir}: not a run folder (no run.json); run `pari-bayes run --out {run_dir}` first.")
+        raise OutputError(
+            f"{run_dir}: not a run folder (no run.json); run `pari-bayes run --out {run_dir}` first."
+        )
     print(f"report: {build_report(run_dir).resolve()}")
     return 0

@@ -22,25 +22,40 @@ HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add this command's arguments."""
     add_data_arguments(parser)
-    parser.add_argument("--out", default="results", metavar="DIR", help="output folder (default: results)")
-    parser.add_argument("--force", action="store_true", help="replace the contents of a non-empty --out")
+    parser.add_argument(
+        "--out", default="results", metavar="DIR", help="output folder (default: results)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace the contents of a non-empty --out"
+    )
     add_seed_argument(parser)
     parser.add_argument(
-        "--model", action="append", metavar="SPEC", default=None,
+        "--model",
+        action="append",
+        metavar="SPEC",
+        default=None,
         help="model spec to fit (repeatable; default: every shipped spec in models/)",
     )
     parser.add_argument(
-        "--allow-unconverged", action="store_true",
+        "--allow-unconverged",
+        action="store_true",
         help="keep the outputs of models that fail the convergence gate (marked UNCONVERGED)",
     )
     parser.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help="tiny MCMC runs to check the wiring; every Bayesian output is marked UNCONVERGED",
     )
-    parser.add_argument("--hash-ids", action="store_true", help="replace household ids by salted hashes in every output")
+    parser.add_argument(
+        "--hash-ids",
+        action="store_true",
+        help="replace household ids by salted hashes in every output",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument(
-        "--steps", default=None, metavar="LIST",
+        "--steps",
+        default=None,
+        metavar="LIST",
         help="comma-separated subset of calibration,ols,identification,fit,ipw,report",
     )
 
@@ -68,4 +83,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {report.resolve()}")
     else:
         print(f"results: {Path(args.out).resolve()}")
-    return 0 if result.gate_passed or args.quick else 3
+    # A run that misses the gate (quick runs always do) says so in its exit status.
+    return 0 if result.gate_passed else 3

@@ -19,8 +19,9 @@ from pari_bayes.estimation.spec import ModelSpec, load_spec
 
 __all__ = ["load_spec", "fit_model", "fit_spec_file", "gate_summary", "QUICK_SAMPLER"]
 
-#: Sampler settings of a quick (wiring-only) run: far too short to pass the gate.
-QUICK_SAMPLER = {"draws": 40, "tune": 40, "chains": 2}
+#: Sampler settings of a quick (wiring-only) run: far too short to pass the gate. PyMC's NUTS
+#: here because its compiled C code is cached on disk, while nutpie recompiles every time.
+QUICK_SAMPLER = {"draws": 40, "tune": 40, "chains": 2, "sampler": "pymc"}
 
 
 def fit_model(
@@ -76,7 +77,7 @@ def fit_model(
 
 
 def gate_summary(result: Any) -> dict[str, Any]:
-    """The convergence gate of a fit as one row: passed, worst R-hat and ESS, divergences."""
+    """Summarise the convergence gate of a fit in one row (passed, worst R-hat and ESS)."""
     diag = getattr(result, "diagnostics", None)
     row: dict[str, Any] = {"passed": bool(getattr(result, "converged", False))}
     if isinstance(diag, pd.DataFrame) and not diag.empty:

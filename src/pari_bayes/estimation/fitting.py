@@ -8,7 +8,7 @@ and hands it to the estimator of its kind: :mod:`pari_bayes.estimation.multileve
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ def fit_model(
     allow_unconverged
         Write outputs that fail the convergence gate, marked UNCONVERGED.
     quick
-        Tiny draws (:data:`QUICK_SAMPLER`) for wiring checks; implies ``allow_unconverged``.
+        Tiny draws (:data:`QUICK_SAMPLER`) and no sensitivity or LOO refits, for wiring
+        checks; implies ``allow_unconverged``.
     plots
         Draw the PNG plots.
 
@@ -68,7 +69,8 @@ def fit_model(
 
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
     if quick:
-        spec = spec.with_sampler(**QUICK_SAMPLER)
+        # Wiring only: tiny draws, and no prior-sensitivity or LOO refits (tested elsewhere).
+        spec = replace(spec.with_sampler(**QUICK_SAMPLER), sensitivity=(), loo_drop=())
         allow_unconverged = True
     kwargs = {"plots": plots} if spec.kind != "latent" else {}
     return write_fit(
@@ -76,23 +78,39 @@ def fit_model(
     )
 
 
+def _extreme(frame: Any, column: str, how: str) -> float | None:
+    if not isinstance(frame, pd.DataFrame) or column not in frame:
+        return None
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
+    return float(values.max() if how == "max" else values.min())
+
+
 def gate_summary(result: Any) -> dict[str, Any]:
-    """Summarise the convergence gate of a fit in one row (passed, worst R-hat and ESS)."""
+    """Summarise the convergence gate of a fit in one row.
+
+    The gate applies to every reported quantity (the effect rows, whose R-hat and bulk ESS
+    are in ``effects.csv``) and to the parameters the estimator gates; the worst values of
+    both are shown, with the run's divergences.
+    """
+    effects = getattr(result, "effects", None)
     diag = getattr(result, "diagnostics", None)
-    row: dict[str, Any] = {"passed": bool(getattr(result, "converged", False))}
-    if isinstance(diag, pd.DataFrame) and not diag.empty:
-        numeric = diag.apply(pd.to_numeric, errors="coerce")
-        for column, key, how in (
-            ("r_hat", "max_r_hat", "max"),
-            ("ess_bulk", "min_ess_bulk", "min"),
-            ("ess_tail", "min_ess_tail", "min"),
-            ("divergences", "divergences", "max"),
-        ):
-            if column in numeric:
-                values = numeric[column].to_numpy(dtype=float)
-                values = values[np.isfinite(values)]
-                if values.size:
-                    row[key] = float(values.max() if how == "max" else values.min())
+    row: dict[str, Any] = {
+        "passed": bool(getattr(result, "converged", False)),
+        "effects_max_r_hat": _extreme(effects, "r_hat", "max"),
+        "effects_min_ess_bulk": _extreme(effects, "ess_bulk", "min"),
+        "params_max_r_hat": _extreme(diag, "r_hat", "max"),
+        "params_min_ess_bulk": _extreme(diag, "ess_bulk", "min"),
+        "params_min_ess_tail": _extreme(diag, "ess_tail", "min"),
+        "divergences": _extreme(diag, "divergences", "max"),
+    }
+    if row["divergences"] is None and isinstance(diag, pd.DataFrame) and "value" in diag:
+        named = diag.set_index("parameter")["value"] if "parameter" in diag else {}
+        for key in ("divergences", "run.divergences"):
+            if key in named:
+                row["divergences"] = float(named[key])
     failures = list(getattr(result, "failures", []) or [])
     row["reason"] = "; ".join(failures)[:500] if failures else ""
     return row

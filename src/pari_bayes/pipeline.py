@@ -383,6 +383,18 @@ def plain_summary(survey: Survey, result: RunResult, table4) -> list[str]:
         "integration: DE is not identified without assuming that confounder away (see the "
         "sensitivity analysis in the identification section)."
     )
+    estimands = result.directory / "identification" / "estimands.csv"
+    if estimands.exists():
+        table = pd.read_csv(estimands)
+        by_dag = table.groupby("estimand")["identified_dag"].all()
+        unidentified = [e for e, ok in by_dag.items() if not ok]
+        if unidentified:
+            lines.append(
+                "NOT IDENTIFIED under the causal graph (models/dag.dot), which keeps an "
+                f"unobserved household trait driving participation: {', '.join(unidentified)}. "
+                "Their estimates below hold only if participation is ignorable given the "
+                "adjustment set; see the sensitivity figures in the identification section."
+            )
     if result.effects is not None:
         eff = result.effects
         sel = eff[(eff["scope"] == "observed") & eff["estimand"].isin(["DE", "IE", "TE"])]

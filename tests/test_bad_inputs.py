@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_fake_survey
+from pari_bayes._paths import PROJECT_ROOT
 from pari_bayes.cli import main
 from pari_bayes.registry import load_registry
 
@@ -301,7 +302,97 @@ REGISTRY_CASES = [
     ),
 ]
 
-CASES = SURVEY_CASES + REGISTRY_CASES
+MODELS = PROJECT_ROOT / "models"
+
+
+def _spec_case(name: str, base: str, edit: Callable[[str], str], pattern: str) -> Case:
+    def make(folder: Path) -> list[str]:
+        path = folder / f"{name}.toml"
+        path.write_text(edit((MODELS / base).read_text()))
+        return ["fit", "--model", str(path)]
+
+    return Case(name, make, pattern)
+
+
+def _dag_case(name: str, text: Callable[[], str], pattern: str) -> Case:
+    def make(folder: Path) -> list[str]:
+        path = folder / f"{name}.dot"
+        path.write_text(text())
+        return ["identify", "--dag", str(path), "--no-refute"]
+
+    return Case(name, make, pattern)
+
+
+def _replace_nth_factor(text: str) -> str:
+    i = text.index('factor = "identity_recognition"')
+    return text[:i] + 'factor = "civic_pride"' + text[i + len('factor = "identity_recognition"') :]
+
+
+SPEC_CASES = [
+    _spec_case(
+        "spec_prior_family",
+        "multivariate.toml",
+        lambda t: t.replace(
+            'family = "halfnormal", sigma = 0.25', 'family = "halfcauchy", sigma = 0.25'
+        ),
+        r"spec_prior_family\.toml: key priors\.community_sd\.family: unknown prior family 'halfcauchy'; allowed: normal",
+    ),
+    _spec_case(
+        "spec_unknown_term",
+        "multivariate.toml",
+        lambda t: t.replace(
+            "cbo_presence + (1 | community)", "cbo_presence + hobby + (1 | community)"
+        ),
+        r"spec_unknown_term\.toml: key formula: term 'hobby' is not a column of the survey; allowed: ",
+    ),
+    _spec_case(
+        "spec_unknown_factor",
+        "latent.toml",
+        _replace_nth_factor,
+        r"spec_unknown_factor\.toml: \[\[items\]\] #\d+ \(sense_of_belonging\): factor 'civic_pride' is not declared; declared factors: ",
+    ),
+    _spec_case(
+        "spec_unknown_key",
+        "multivariate.toml",
+        lambda t: t.replace("[sampler]", "[sampler]\nwarmup_magic = 3"),
+        r"spec_unknown_key\.toml: unknown key\(s\) \[sampler\] 'warmup_magic'; allowed: ",
+    ),
+    _spec_case(
+        "spec_bad_toml",
+        "multivariate.toml",
+        lambda t: t + "\n[priors\n",
+        r"spec_bad_toml\.toml: not valid TOML",
+    ),
+    _spec_case(
+        "spec_unknown_kind",
+        "multivariate.toml",
+        lambda t: t.replace('kind = "multivariate"', 'kind = "gaussian_process"'),
+        r"spec_unknown_kind\.toml: key kind: 'gaussian_process'; allowed: multilevel, multivariate, latent",
+    ),
+]
+
+DAG_CASES = [
+    _dag_case(
+        "dag_cycle",
+        lambda: (TESTS_DATA / "dag_cycle.dot").read_text(),
+        r"dag_cycle\.dot: the graph has a cycle: .* a causal DAG must be acyclic",
+    ),
+    _dag_case(
+        "dag_unknown_node",
+        lambda: (TESTS_DATA / "dag_unknown_node.dot").read_text(),
+        r"dag_unknown_node\.dot: edge age -> cbo_particpation uses unknown node 'cbo_particpation'",
+    ),
+    _dag_case(
+        "dag_undeclared_latent",
+        lambda: (TESTS_DATA / "dag_undeclared_latent.dot").read_text(),
+        r"dag_undeclared_latent\.dot: node 'prior_sociability' has no survey column .* is not declared latent",
+    ),
+    _dag_case(
+        "dag_syntax", lambda: "digraph {\n a -> \n", r"dag_syntax\.dot: not a valid DOT file"
+    ),
+]
+
+CASES = SURVEY_CASES + REGISTRY_CASES + SPEC_CASES + DAG_CASES
 
 
 def _run(args: list[str], capsys) -> tuple[int, str]:
@@ -331,5 +422,9 @@ def test_bad_input_fails_cleanly(case: Case, tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in work.iterdir()) == ["out"]
 
 
+TESTS_DATA = PROJECT_ROOT / "tests" / "data"
+
+
 def test_corpus_size() -> None:
     assert len(CASES) >= 40
+    assert SPEC_CASES and DAG_CASES

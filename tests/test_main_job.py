@@ -280,24 +280,7 @@ def test_killed_run_leaves_nothing(tmp_path: Path, sig) -> None:
     proc.wait(timeout=120)
     assert proc.returncode != 0
     assert list(tmp_path.iterdir()) == []  # neither --out nor a staging folder
-    again = _run_cli(
-        [
-            "fit",
-            "--model",
-            model,
-            "--out",
-            str(out),
-            "--sampler",
-            "pymc",
-            "--draws",
-            "30",
-            "--tune",
-            "30",
-            "--chains",
-            "2",
-            "--allow-unconverged",
-        ]
-    )
+    again = _run_cli(["fit", "--model", model, "--out", str(out), "--quick"])
     assert again.returncode == 3, again.stderr[-2000:]  # kept, but marked unconverged
     assert (out / "effects.csv").exists()
     assert "UNCONVERGED" in (out / "effects.csv").read_text()

@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sampler", choices=("nutpie", "pymc"), default=None, help="override the spec's sampler"
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny draws, no sensitivity/LOO refits: checks the wiring; outputs are "
+        "marked UNCONVERGED",
+    )
     for name in ("draws", "tune", "chains"):
         parser.add_argument(
             f"--{name}",
@@ -52,7 +58,12 @@ def run(args: argparse.Namespace) -> int:
     survey = load_survey(args.data, communities=args.communities)
     with output_dir(args.out, force=args.force) as tmp:
         result = fit_model(
-            survey, spec, tmp, seed=args.seed, allow_unconverged=args.allow_unconverged
+            survey,
+            spec,
+            tmp,
+            seed=args.seed,
+            allow_unconverged=args.allow_unconverged,
+            quick=args.quick,
         )
     converged = bool(getattr(result, "converged", True))
     status = "converged" if converged else "UNCONVERGED (convergence gate failed; outputs marked)"

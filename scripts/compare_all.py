@@ -10,7 +10,6 @@ folder (with report.html) into --out.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 

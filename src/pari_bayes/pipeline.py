@@ -401,7 +401,8 @@ def plain_summary(survey: Survey, result: RunResult, table4) -> list[str]:
         for (method, estimand), grp in sel.groupby(["method", "estimand"], sort=True):
             pos = grp[(grp["q05"] > 0)]["dimension"].tolist()
             neg = grp[(grp["q95"] < 0)]["dimension"].tolist()
-            text = f"{method}, {estimand}: 90% interval above zero for {', '.join(pos) or 'no dimension'}"
+            above = ", ".join(pos) or "no dimension"
+            text = f"{method}, {estimand}: 90% interval above zero for {above}"
             if neg:
                 text += f"; below zero for {', '.join(neg)}"
             lines.append(text + ".")

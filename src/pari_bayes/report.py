@@ -70,7 +70,8 @@ def csv_table(
         for row in shown.itertuples(index=False)
     )
     more = (
-        f"<p>Showing {len(shown)} of {len(frame)} rows; the rest are in <code>{_esc(rel)}</code>.</p>"
+        f"<p>Showing {len(shown)} of {len(frame)} rows; "
+        f"the rest are in <code>{_esc(rel)}</code>.</p>"
         if len(frame) > len(shown)
         else ""
     )
@@ -86,7 +87,10 @@ def image(run_dir: Path, rel: str, alt: str) -> str:
     if not path.exists():
         return ""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{data}"><figcaption>{_esc(alt)}</figcaption></figure>'
+    return (
+        f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{_esc(alt)}</figcaption></figure>"
+    )
 
 
 def markdown_block(run_dir: Path, rel: str) -> str:
@@ -94,7 +98,10 @@ def markdown_block(run_dir: Path, rel: str) -> str:
     path = run_dir / rel
     if not path.exists():
         return ""
-    return f"<details><summary><code>{_esc(rel)}</code></summary><pre>{_esc(path.read_text())}</pre></details>"
+    return (
+        f"<details><summary><code>{_esc(rel)}</code></summary>"
+        f"<pre>{_esc(path.read_text())}</pre></details>"
+    )
 
 
 def _gate_section(run_dir: Path) -> str:

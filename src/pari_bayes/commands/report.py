@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.out)
     if not (run_dir / "run.json").exists():
         raise OutputError(
-            f"{run_dir}: not a run folder (no run.json); run `pari-bayes run --out {run_dir}` first."
+            f"{run_dir}: not a run folder (no run.json); "
+            f"run `pari-bayes run --out {run_dir}` first."
         )
     print(f"report: {build_report(run_dir).resolve()}")
     return 0

@@ -250,3 +250,10 @@ def test_fast_path_equals_project_pipeline(survey):
     np.testing.assert_allclose(fast[1]["adj_r2"], full[1]["adj_r2"], atol=1e-12)
     np.testing.assert_allclose(fast[2]["share"], full[2]["share"], atol=1e-9)
     np.testing.assert_allclose(fast[2]["kmo"], full[2]["kmo"], atol=1e-9)
+
+
+def test_audit_reliability_ceiling_flags_only_the_economic_fit(tables):
+    audit = audit_published(tables)
+    hits = audit[audit["statistic"].str.startswith("adj_r2")]
+    assert set(hits["variable"]) == {"economic_integration"}
+    assert "Armor's theta) is 0.621" in hits["finding"].iloc[0]

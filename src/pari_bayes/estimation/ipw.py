@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from pari_bayes.effects import EFFECT_COLUMNS as SHARED_EFFECT_COLUMNS
 from pari_bayes.errors import EstimationError, PariBayesWarning, SurveyDataError
 from pari_bayes.estimation.propensity import (
     GroupedDesign,
@@ -92,20 +93,7 @@ EFFECT_COLUMNS = (
     "conf_high",
 )
 #: The shared effects format of the comparison table.
-COMMON_COLUMNS = (
-    "dimension",
-    "estimand",
-    "alpha",
-    "scope",
-    "mean",
-    "sd",
-    "q05",
-    "q50",
-    "q95",
-    "prob_positive",
-    "ess_bulk",
-    "r_hat",
-)
+COMMON_COLUMNS = SHARED_EFFECT_COLUMNS
 #: Covariates of the survey's participation model (the paper's Table 4 controls).
 SURVEY_COVARIATES = (
     "residence_months",

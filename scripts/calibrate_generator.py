@@ -50,6 +50,7 @@ from pari_bayes.calibration import (
     fast_pca,
     implied_income_scale,
     published_tables,
+    regressor_vifs,
 )
 from pari_bayes.codebook import DIMENSIONS, load_codebook
 from pari_bayes.income import income_level, income_scale
@@ -185,15 +186,7 @@ class CovariateModel:
 
 
 def vifs(cov: pd.DataFrame) -> dict[str, float]:
-    cols = [*BASE_REGRESSORS, *CBO_REGRESSORS]
-    X = cov[cols].to_numpy(dtype=float)
-    out = {}
-    for j, c in enumerate(cols):
-        others = np.column_stack([np.delete(X, j, axis=1), np.ones(len(X))])
-        beta, *_ = np.linalg.lstsq(others, X[:, j], rcond=None)
-        resid = X[:, j] - others @ beta
-        out[c] = float(X[:, j].var() / resid.var())
-    return out
+    return regressor_vifs(cov)
 
 
 def stage1_residuals(cov: pd.DataFrame) -> dict[str, float]:

@@ -290,7 +290,8 @@ def table4_statistics(
     return pd.DataFrame(rows), pd.DataFrame(fits), pca
 
 
-def _vif(data: pd.DataFrame) -> dict[str, float]:
+def regressor_vifs(data: pd.DataFrame) -> dict[str, float]:
+    """VIF of every Table 4 regressor, 1 / (1 - R2_j), by least squares (fast path)."""
     cols = [*BASE_REGRESSORS, *CBO_REGRESSORS]
     X = data[cols].to_numpy(dtype=float)
     out = {}
@@ -318,7 +319,7 @@ def survey_statistics(data: pd.DataFrame, codebook: Codebook) -> dict[tuple[str,
         out[(item, "min")] = float(x.min())
         out[(item, "max")] = float(x.max())
         out[(item, "kurtosis")] = float(stats.kurtosis(x, fisher=False)) if x.std() > 0 else 3.0
-    vifs = _vif(data)
+    vifs = regressor_vifs(data)
     for var, col in TABLE3_COLUMNS.items():
         x = data[col].to_numpy(dtype=float)
         out[(var, "mean")] = float(x.mean())

@@ -352,3 +352,20 @@ def test_gate_on_bundled_survey(tmp_path):
     result = L.fit_latent_spec(load_survey(), MODELS_DIR / "latent.toml", tmp_path)
     assert result.converged
     assert (result.effects["ess_bulk"] >= 400).all() and (result.effects["r_hat"] <= 1.01).all()
+
+
+def test_lkj_from_partial_correlations_matches_pymc_lkjcorr():
+    """The C-vine construction gives LKJ(eta): same law as PyMC's LKJCorr draws."""
+    import pymc as pm
+
+    rng = np.random.default_rng(1)
+    n, eta = 4, 2.0
+    ours = np.array([L.lkj_corr_draw(n, eta, rng) for _ in range(4000)])
+    ref = pm.draw(pm.LKJCorr.dist(n=n, eta=eta, return_matrix=True), draws=4000, random_seed=2)
+    np.testing.assert_allclose(np.diagonal(ours, axis1=1, axis2=2), 1.0)
+    assert np.linalg.eigvalsh(ours).min() > 0
+    assert stats.ks_2samp(np.linalg.det(ours), np.linalg.det(ref)).pvalue > 0.01
+    for i, j in ((0, 1), (1, 3), (2, 3)):
+        # marginal of every correlation under LKJ(eta): Beta(eta - 1 + n/2) on (-1, 1)
+        b = eta - 1 + n / 2
+        assert stats.kstest((ours[:, i, j] + 1) / 2, stats.beta(b, b).cdf).pvalue > 0.01

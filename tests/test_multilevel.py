@@ -272,14 +272,19 @@ def test_bundled_survey_passes_the_gate(tmp_path):
         assert (result.diagnostics["divergences"] == 0).all()
 
 
+RECOVERY_REPLICATES = 10
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured: 7 of 8 intervals cover at this seed (economic DE truth -0.012 just "
-    "outside [-0.001, 0.170]); eight 90% intervals all cover only ~43% of the time",
-)
-def test_recovery_on_simulated_six_community_survey():
-    """90% intervals cover the PCA-score-scale truth of DE and IE for every dimension."""
+def test_recovery_on_simulated_six_community_surveys():
+    """90% intervals of DE and IE cover the truth at about the nominal rate, per dimension.
+
+    Ten surveys of 1,200 households in 6 communities (seeds 1-10). One survey alone cannot
+    test "every interval covers": eight 90% intervals all cover only ~43% of the time even
+    for an exact posterior. Across replicates each (dimension, estimand) must cover at
+    least 6 of 10 times (P <= 0.2% per cell for a calibrated 90% interval) and all 80
+    intervals at least 80% of the time.
+    """
     from pari_bayes.estimation.multilevel import fit_spec
     from pari_bayes.measurement.pca import pca_scores
     from pari_bayes.simulate import load_params, simulate_potential_outcomes, simulate_survey
@@ -288,33 +293,69 @@ def test_recovery_on_simulated_six_community_survey():
     for dim in DIMENSIONS:  # no unobserved confounder: DE is identified
         params["structural"][dim]["gamma"] = 0.0
     registry = load_registry(TESTS_DATA / "communities6.toml")
-    sim = simulate_survey(n_households=1200, registry=registry, params=params, seed=7)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        survey = validate_frame(sim.data, registry, load_codebook())
-    pca = pca_scores(survey.data, survey.codebook)
-    score = {
-        e: pca.transform(simulate_potential_outcomes(sim, *e)) for e in ((1, 1), (0, 1), (0, 0))
-    }
-    truth = {
-        "DE": (score[(1, 1)] - score[(0, 1)]).mean(),
-        "IE": (score[(0, 1)] - score[(0, 0)]).mean(),
-    }
     spec = load_spec(MODELS_DIR / "table4.toml")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = fit_spec(
-            survey, spec, scores=pca.scores, sensitivity=False, compare=False, prior=False
-        )
-    eff = result.effects[result.effects["scope"] == "observed"]
-    misses = []
-    for dim in DIMENSIONS:
-        for est in ("DE", "IE"):
-            row = eff[(eff["dimension"] == dim) & (eff["estimand"] == est)].iloc[0]
-            if not row["q05"] <= truth[est][dim] <= row["q95"]:
-                misses.append(
-                    f"{dim} {est}: truth {truth[est][dim]:.3f} outside "
-                    f"[{row['q05']:.3f}, {row['q95']:.3f}]"
+    covered: dict[tuple[str, str], int] = {}
+    lines = []
+    for seed in range(1, RECOVERY_REPLICATES + 1):
+        sim = simulate_survey(n_households=1200, registry=registry, params=params, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            survey = validate_frame(sim.data, registry, load_codebook())
+        pca = pca_scores(survey.data, survey.codebook)
+        score = {
+            e: pca.transform(simulate_potential_outcomes(sim, *e)) for e in ((1, 1), (0, 1), (0, 0))
+        }
+        truth = {
+            "DE": (score[(1, 1)] - score[(0, 1)]).mean(),
+            "IE": (score[(0, 1)] - score[(0, 0)]).mean(),
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = fit_spec(
+                survey, spec, scores=pca.scores, sensitivity=False, compare=False, prior=False
+            )
+        eff = result.effects[result.effects["scope"] == "observed"]
+        for dim in DIMENSIONS:
+            for est in ("DE", "IE"):
+                row = eff[(eff["dimension"] == dim) & (eff["estimand"] == est)].iloc[0]
+                hit = bool(row["q05"] <= truth[est][dim] <= row["q95"])
+                covered[(dim, est)] = covered.get((dim, est), 0) + hit
+                lines.append(
+                    f"seed {seed} {dim} {est}: truth {truth[est][dim]:+.3f} "
+                    f"[{row['q05']:+.3f}, {row['q95']:+.3f}] {'ok' if hit else 'MISS'}"
                 )
-    print(eff[eff["estimand"].isin(["DE", "IE"])].to_string(), truth)
-    assert not misses, misses
+    print("\n".join(lines))
+    print(covered)
+    low = {k: v for k, v in covered.items() if v < 6}
+    assert not low, f"coverage below 6/{RECOVERY_REPLICATES}: {low}"
+    total = sum(covered.values())
+    assert total >= 0.8 * 8 * RECOVERY_REPLICATES, f"{total} of {8 * RECOVERY_REPLICATES}"
+
+
+def test_importance_weights_move_draws_to_the_new_prior_scale():
+    """PSIS reweighting of HalfNormal(0.25) draws to HalfNormal(0.125) (prior sensitivity)."""
+    from pari_bayes.effects import weighted_summary
+    from pari_bayes.estimation.multilevel import PARETO_K_MAX, _importance_weights
+    from pari_bayes.estimation.spec import PriorSpec
+    from pari_bayes.priors import prior_logpdf
+
+    prior = PriorSpec("halfnormal", {"sigma": 0.25}, "test")
+    tau = np.abs(np.random.default_rng(3).normal(0, 0.25, 8000))
+    w, khat, ess = _importance_weights(prior_logpdf(prior, tau, 0.5) - prior_logpdf(prior, tau))
+    assert khat < PARETO_K_MAX and 1000 < ess < 8000
+    expected = 0.125 * np.sqrt(2 / np.pi)  # mean of HalfNormal(0.125)
+    assert abs(weighted_summary(tau, w)["mean"] - expected) < 0.005
+    assert abs(weighted_summary(tau)["mean"] - 0.25 * np.sqrt(2 / np.pi)) < 0.005
+
+
+def test_sensitivity_rows_say_how_each_variant_was_computed(tiny_fit):
+    _, _, out, _ = tiny_fit
+    sens = pd.read_csv(out / "prior_sensitivity.csv")
+    assert set(sens["prior_scale_multiplier"]) == {1.0, 2.0}
+    base = sens[sens["prior_scale_multiplier"] == 1.0]
+    assert set(base["method"]) == {"posterior"}
+    variant = sens[sens["prior_scale_multiplier"] == 2.0]
+    assert set(variant["method"]) <= {"psis", "refit"}
+    psis = variant[variant["method"] == "psis"]
+    assert (psis["pareto_k"] <= 0.7).all()
+    assert (variant.loc[variant["method"] == "refit", "pareto_k"] > 0.7).all()

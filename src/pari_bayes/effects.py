@@ -32,6 +32,7 @@ __all__ = [
     "EXPOSURES",
     "estimand_draws",
     "summarize_draws",
+    "weighted_summary",
     "effects_table",
     "comparison_table",
 ]
@@ -131,6 +132,37 @@ def summarize_draws(draws: np.ndarray) -> dict[str, float]:
         "prob_positive": float((flat > 0).mean()),
         "ess_bulk": ess,
         "r_hat": rhat,
+    }
+
+
+def weighted_summary(draws: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+    """Mean, sd, 5/50/95% quantiles and P(> 0) of flat draws under normalized weights.
+
+    With ``weights=None`` the draws count equally. Quantiles interpolate the weighted
+    empirical distribution function at the midpoints of each draw's weight.
+
+    Examples
+    --------
+    >>> s = weighted_summary(np.array([0.0, 1.0]), np.array([0.25, 0.75]))
+    >>> s["mean"], s["prob_positive"]
+    (0.75, 0.75)
+    """
+    x = np.asarray(draws, float).ravel()
+    w = np.full(x.size, 1.0 / x.size) if weights is None else np.asarray(weights, float).ravel()
+    w = w / w.sum()
+    order = np.argsort(x, kind="stable")
+    xs, ws = x[order], w[order]
+    cdf = np.cumsum(ws) - ws / 2
+    mean = float(np.sum(w * x))
+    var = float(np.sum(w * (x - mean) ** 2)) / max(1.0 - float(np.sum(w**2)), 1e-12)
+    q05, q50, q95 = np.interp([0.05, 0.5, 0.95], cdf, xs)
+    return {
+        "mean": mean,
+        "sd": float(np.sqrt(var)),
+        "q05": float(q05),
+        "q50": float(q50),
+        "q95": float(q95),
+        "prob_positive": float(np.sum(w[x > 0])),
     }
 
 

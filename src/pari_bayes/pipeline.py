@@ -54,6 +54,9 @@ class RunOptions:
         Tiny MCMC runs for wiring checks (implies allow_unconverged; every output is marked).
     progress
         Show progress (off with ``--quiet``).
+    workers
+        Processes fitting the Bayesian models while the main process runs the other
+        steps; 1 fits them one after another in the main process.
     steps
         Which steps to run (default all).
     """
@@ -63,6 +66,7 @@ class RunOptions:
     allow_unconverged: bool = False
     quick: bool = False
     progress: bool = True
+    workers: int = 2
     steps: Sequence[str] = ("calibration", "ols", "identification", "fit", "ipw", "report")
 
 
@@ -165,79 +169,112 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
     gate_rows: list[dict] = []
     failures: list[str] = []
 
-    if "calibration" in steps and is_default:
-        progress.step("calibration against the published tables")
-        from pari_bayes.calibration import write_calibration
-
-        (directory / "calibration").mkdir()
-        _timed(result, "calibration", lambda: write_calibration(survey, directory / "calibration"))
-
     table4 = None
-    if "ols" in steps:
-        progress.step("paper baseline: PCA scores and OLS Table 4")
-        from pari_bayes.estimation.ols import write_ols
+    ipw_effects = None
 
-        (directory / "ols").mkdir()
-        table4 = _timed(
-            result, "ols", lambda: write_ols(survey, directory / "ols", seed=options.seed)
-        )
-        method_effects.append(_ols_effects(table4))
+    def other_steps() -> None:
+        """Every step but the Bayesian fits (main process, while workers fit)."""
+        nonlocal table4, ipw_effects
+        if "calibration" in steps and is_default:
+            progress.step("calibration against the published tables")
+            from pari_bayes.calibration import write_calibration
 
-    if "identification" in steps:
-        progress.step("identification (DoWhy)")
-        from pari_bayes.identification import write_identification
+            (directory / "calibration").mkdir()
+            _timed(
+                result, "calibration", lambda: write_calibration(survey, directory / "calibration")
+            )
+        if "ols" in steps:
+            progress.step("paper baseline: PCA scores and OLS Table 4")
+            from pari_bayes.estimation.ols import write_ols
 
-        (directory / "identification").mkdir()
-        _timed(
-            result,
-            "identification",
-            lambda: write_identification(survey, directory / "identification", seed=options.seed),
-        )
+            (directory / "ols").mkdir()
+            table4 = _timed(
+                result, "ols", lambda: write_ols(survey, directory / "ols", seed=options.seed)
+            )
+        if "identification" in steps:
+            progress.step("identification (DoWhy)")
+            from pari_bayes.identification import write_identification
 
+            (directory / "identification").mkdir()
+            _timed(
+                result,
+                "identification",
+                lambda: write_identification(
+                    survey, directory / "identification", seed=options.seed
+                ),
+            )
+        if "ipw" in steps:
+            progress.step("design-based IPW under partial interference")
+            from pari_bayes.estimation.ipw import write_ipw_survey
+
+            (directory / "ipw").mkdir()
+            _timed(
+                result,
+                "ipw",
+                lambda: write_ipw_survey(survey, directory / "ipw", seed=options.seed),
+            )
+            common = directory / "ipw" / "ipw_effects_common.csv"
+            if common.exists():
+                ipw_effects = pd.read_csv(common)
+                ipw_effects.insert(0, "method", "ipw")
+
+    gates: dict[str, dict] = {}
+    jobs = []
     if "fit" in steps:
-        from pari_bayes.estimation.fitting import fit_spec_file
+        from pari_bayes.workers import FitJob
 
         specs = list(options.models) if options.models is not None else default_model_specs()
         (directory / "fit").mkdir()
         for spec_path in specs:
             name = Path(spec_path).stem
-            progress.step(f"Bayesian model {name}")
             target = directory / "fit" / name
             target.mkdir()
+            jobs.append(FitJob(name, Path(spec_path), target, _spec_cost(spec_path)))
+    fit_options = {
+        "seed": options.seed,
+        "allow_unconverged": True,  # the gate is applied below, after all fits
+        "quick": options.quick,
+        "progress": options.progress,
+    }
+    start = time.perf_counter()
+    if jobs and options.workers > 1:
+        from pari_bayes.workers import run_fit_jobs
+
+        progress.step(
+            f"Bayesian models {', '.join(j.name for j in jobs)} in "
+            f"{min(options.workers, len(jobs))} worker processes"
+        )
+        done = run_fit_jobs(jobs, survey, fit_options, options.workers, other_steps)
+        for job in jobs:
+            gates[job.name], seconds = done[job.name]
+            result.timings[f"fit:{job.name}"] = round(seconds, 2)
+    else:
+        other_steps()
+        from pari_bayes.estimation.fitting import fit_spec_file
+
+        for job in jobs:
+            progress.step(f"Bayesian model {job.name}")
             fit = _timed(
                 result,
-                f"fit:{name}",
-                lambda spec_path=spec_path, target=target: fit_spec_file(
-                    survey,
-                    spec_path,
-                    target,
-                    seed=options.seed,
-                    allow_unconverged=True,  # the gate is applied below, after all fits
-                    quick=options.quick,
-                    progress=options.progress,
-                ),
+                f"fit:{job.name}",
+                lambda job=job: fit_spec_file(survey, job.spec_path, job.target, **fit_options),
             )
-            gate = fit.gate
-            gate_rows.append({"model": name, **gate})
-            if not gate["passed"]:
-                failures.append(f"{name}: {gate.get('reason', 'failed')}")
-            eff = pd.read_csv(target / "effects.csv")
-            eff.insert(0, "method", f"bayes:{name}")
-            method_effects.append(eff)
+            gates[job.name] = fit.gate
+    if jobs:
+        result.timings["fit_wall"] = round(time.perf_counter() - start, 2)
 
-    if "ipw" in steps:
-        progress.step("design-based IPW under partial interference")
-        from pari_bayes.estimation.ipw import write_ipw_survey
-
-        (directory / "ipw").mkdir()
-        _timed(
-            result, "ipw", lambda: write_ipw_survey(survey, directory / "ipw", seed=options.seed)
-        )
-        common = directory / "ipw" / "ipw_effects_common.csv"
-        if common.exists():
-            eff = pd.read_csv(common)
-            eff.insert(0, "method", "ipw")
-            method_effects.append(eff)
+    if table4 is not None:
+        method_effects.append(_ols_effects(table4))
+    for job in jobs:
+        gate = gates[job.name]
+        gate_rows.append({"model": job.name, **gate})
+        if not gate["passed"]:
+            failures.append(f"{job.name}: {gate.get('reason', 'failed')}")
+        eff = pd.read_csv(job.target / "effects.csv")
+        eff.insert(0, "method", f"bayes:{job.name}")
+        method_effects.append(eff)
+    if ipw_effects is not None:
+        method_effects.append(ipw_effects)
 
     if gate_rows:
         result.gate = pd.DataFrame(gate_rows)
@@ -274,6 +311,20 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             "--allow-unconverged to keep the outputs marked UNCONVERGED."
         )
     return result
+
+
+def _spec_cost(spec_path: str | Path) -> float:
+    """Relative cost of fitting a spec (its kind), for balancing worker processes."""
+    import tomllib
+
+    from pari_bayes.workers import KIND_COST
+
+    try:
+        with open(spec_path, "rb") as handle:
+            kind = tomllib.load(handle).get("kind", "multilevel")
+    except (OSError, tomllib.TOMLDecodeError):
+        return 1.0  # the fit itself reports the problem, with the file and line
+    return KIND_COST.get(str(kind), 1.0)
 
 
 def _ols_effects(table4) -> pd.DataFrame:

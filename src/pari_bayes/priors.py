@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from pari_bayes.estimation.spec import PriorSpec
 
-__all__ = ["DEFAULT_PRIORS", "resolve_priors", "prior_variable", "describe_priors"]
+__all__ = [
+    "DEFAULT_PRIORS",
+    "resolve_priors",
+    "prior_variable",
+    "prior_logpdf",
+    "describe_priors",
+]
 
 #: Default priors on the standardized-outcome scale, with the reason for each.
 DEFAULT_PRIORS: dict[str, PriorSpec] = {
@@ -100,6 +108,38 @@ def prior_variable(name: str, prior: PriorSpec, dims: Any = None, scale: Any = N
         lam = p["lam"] if scale is None else 1.0 / scale
         return pm.Exponential(name, lam=lam, dims=dims)
     raise ValueError(f"prior family {family!r} cannot be used for {name}")
+
+
+def prior_logpdf(prior: PriorSpec, x: Any, scale_multiplier: float = 1.0) -> np.ndarray:
+    """Log density of a prior at ``x`` with its scale multiplied (scipy.stats).
+
+    Used to reweight a posterior to another prior scale (prior sensitivity). The scale is
+    ``sigma`` (normal, student_t, halfnormal, halfstudent_t) or ``1 / lam``
+    (exponential).
+
+    Examples
+    --------
+    >>> p = PriorSpec("halfnormal", {"sigma": 0.25}, "")
+    >>> bool(prior_logpdf(p, 0.1, 2.0) < prior_logpdf(p, 0.1, 1.0))
+    True
+    """
+    from scipy import stats
+
+    p = prior.params
+    m = float(scale_multiplier)
+    x = np.asarray(x, float)
+    family = prior.family
+    if family == "normal":
+        return stats.norm.logpdf(x, loc=p["mu"], scale=p["sigma"] * m)
+    if family == "student_t":
+        return stats.t.logpdf(x, df=p["nu"], loc=p["mu"], scale=p["sigma"] * m)
+    if family == "halfnormal":
+        return stats.halfnorm.logpdf(x, scale=p["sigma"] * m)
+    if family == "halfstudent_t":
+        return np.log(2.0) + stats.t.logpdf(x, df=p["nu"], scale=p["sigma"] * m)
+    if family == "exponential":
+        return stats.expon.logpdf(x, scale=m / p["lam"])
+    raise ValueError(f"prior family {family!r} has no density here")
 
 
 def describe_priors(priors: dict[str, PriorSpec]) -> list[dict[str, Any]]:

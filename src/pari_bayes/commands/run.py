@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace household ids by salted hashes in every output",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="processes fitting the Bayesian models while the other steps run (default 2; "
+        "1 = one after another in this process)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument(
         "--steps",
@@ -71,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         allow_unconverged=args.allow_unconverged,
         quick=args.quick,
         progress=not args.quiet,
+        workers=max(1, args.workers),
     )
     if args.steps:
         options.steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())

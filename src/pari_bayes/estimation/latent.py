@@ -7,16 +7,19 @@ Entry point: :func:`fit_latent_spec` (what ``pari-bayes fit`` calls for a spec w
 The model, for household ``i`` in community ``c[i]`` and factor ``d``::
 
     eta[i, d] = community_mean[c[i], d] + x[i] @ beta[:, d]
-                + direct_effect[d] * participation[i] + disturbance[i, d]
-    community_mean[c, d] = spillover_effect[d] * presence[c] + community_sd[d] * z[c, d]
+                + direct_effect[d] * (participation[i] - mean participation) + disturbance[i, d]
+    community_mean[c, d] = spillover_effect[d] * (presence[c] - mean presence)
+                           + community_sd[d] * z[c, d],   z[:, d] ~ ZeroSumNormal(1)
     disturbance[i] = L @ u[i],  u[i] ~ Normal(0, I),  L L' = R ~ LKJ(eta_lkj)
+    (R built from its C-vine partial correlations, independent Betas: Lewandowski et al. 2009)
     item j of factor d:  y[i, j] ~ item likelihood(loading[j] * eta[i, d], item parameters)
 
 Identification (stated and enforced):
 
-- location: the structural equation has no intercept (item cutpoints/intercepts absorb it)
-  and covariates are centred, so ``eta`` has mean 0 in a community without CBOs at average
-  covariates;
+- location: the structural equation has no intercept, its community terms sum to zero over
+  the surveyed communities (centred presence and participation) and covariates are centred,
+  so ``eta`` averages 0 over the surveyed communities at average covariates (item
+  cutpoints/intercepts absorb the level);
 - scale: the household disturbance has unit variance (``R`` is a correlation matrix), so
   effects are in units of the within-community residual sd of the factor;
 - sign and labels: every loading is positive (log-normal prior, log-transformed in the
@@ -356,16 +359,9 @@ def _adjustment_sets(survey: Any, spec: LatentSpec) -> tuple[dict[str, tuple[str
     """Covariates per factor, from the spec or the identification layer."""
     if spec.covariates is not None:
         return {f: spec.covariates for f in spec.factors}, "spec"
-    try:
-        from pari_bayes.identification import identify
-    except ImportError:  # FALLBACK until pari_bayes.identification exists
-        warnings.warn(
-            "pari_bayes.identification is not available; using the fallback adjustment set "
-            + ", ".join(FALLBACK_COVARIATES),
-            stacklevel=3,
-        )
-        return {f: FALLBACK_COVARIATES for f in spec.factors}, "fallback"
-    result = identify(survey, refute=False)
+    from pari_bayes.identification.identify import identify_cached
+
+    result = identify_cached(survey)
     sets = {}
     for f in spec.factors:
         chosen: list[str] = []
@@ -462,6 +458,58 @@ def _anchor_mask(items: Sequence[ItemSpec]) -> np.ndarray:
     return np.array(free, dtype=bool)
 
 
+def _pair_labels(names: Sequence[str]) -> list[str]:
+    """Labels of the C-vine pairs (level j, variable i > j), in construction order."""
+    n = len(names)
+    return [f"{names[j]}~{names[i]}" for j in range(n - 1) for i in range(j + 1, n)]
+
+
+def cpc_beta_parameters(n: int, eta: float) -> np.ndarray:
+    """Beta parameters of the C-vine partial correlations of an LKJ(eta) matrix.
+
+    Lewandowski, Kurowicka & Joe (2009): the partial correlation of variables j and
+    i > j given variables 0..j-1 is Beta(b_j, b_j) on (-1, 1), b_j = eta + (n - 2 - j) / 2,
+    all independent; the correlation matrix they build has density proportional to
+    det(R) ** (eta - 1). Order as :func:`_pair_labels`.
+    """
+    return np.array(
+        [eta + (n - 2 - j) / 2.0 for j in range(n - 1) for _ in range(j + 1, n)], dtype=float
+    )
+
+
+def corr_cholesky_from_cpc(cpc: Any, n: int, xp: Any = np) -> Any:
+    """Lower Cholesky factor of a correlation matrix from its C-vine partial correlations.
+
+    ``L[i, j] = z[j, i] * sqrt(1 - sum_{m<j} L[i, m]**2)`` and
+    ``L[i, i] = sqrt(1 - sum_{m<i} L[i, m]**2)`` (the construction Stan uses for
+    ``cholesky_factor_corr``). ``xp`` is numpy or ``pytensor.tensor``.
+
+    Examples
+    --------
+    >>> L = corr_cholesky_from_cpc(np.array([0.5, 0.0, 0.0]), 3)
+    >>> np.round(L @ L.T, 3)[0, 1], np.round(L @ L.T, 3)[1, 2]
+    (np.float64(0.5), np.float64(0.0))
+    """
+    pos = {pair: k for k, pair in enumerate((j, i) for j in range(n - 1) for i in range(j + 1, n))}
+    chol: list[list[Any]] = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        used: Any = 0.0
+        for j in range(i):
+            chol[i][j] = cpc[pos[(j, i)]] * xp.sqrt(1.0 - used)
+            used = used + chol[i][j] ** 2
+        chol[i][i] = xp.sqrt(1.0 - used) if i else 1.0
+    if xp is np:
+        return np.array(chol, dtype=float)
+    return xp.stack([xp.stack([xp.as_tensor_variable(v) for v in row]) for row in chol])
+
+
+def lkj_corr_draw(n: int, eta: float, rng: np.random.Generator) -> np.ndarray:
+    """One LKJ(eta) correlation matrix (numpy), built as the model builds it."""
+    b = cpc_beta_parameters(n, eta)
+    chol = corr_cholesky_from_cpc(2.0 * rng.beta(b, b) - 1.0, n)
+    return chol @ chol.T
+
+
 def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str | None = None):
     """Build the PyMC model of the joint measurement + structural model.
 
@@ -521,16 +569,35 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
         else:
             structural = pt.zeros((design.n, n_fac))
         comm_sd = pm.HalfNormal("community_sd", pri["community_sd"], dims="dimension")
-        comm_z = pm.Normal("community_z", 0.0, 1.0, dims=("community", "dimension"))
+        # Location: no structural intercept, and the community terms average to zero over
+        # the surveyed communities (sum-to-zero deviations, centred presence). Otherwise
+        # their mean trades off against every item's cutpoints/intercept, a ridge only the
+        # priors bound, which costs effective sample size. Contrasts are unchanged.
+        comm_z = pm.ZeroSumNormal(
+            "community_z", sigma=1.0, dims=("community", "dimension"), n_zerosum_axes=1
+        )
         comm_mean = pm.Deterministic(
             "community_mean",
-            presence[:, None] * spill[None, :] + comm_sd[None, :] * comm_z,
+            (presence - presence.mean())[:, None] * spill[None, :] + comm_sd[None, :] * comm_z,
             dims=("community", "dimension"),
         )
         if n_fac > 1:
-            corr = pm.LKJCorr("corr_raw", n=n_fac, eta=pri["lkj_eta"], return_matrix=True)
-            pm.Deterministic("disturbance_corr", corr, dims=("dimension", "dimension_bis"))
-            chol = pt.linalg.cholesky(corr)
+            # LKJ(eta) through the C-vine partial correlations (independent Betas): the
+            # Cholesky factor is built directly, always positive definite, with no matrix
+            # check or decomposition per gradient (pm.LKJCorr's logp runs a Python-mode
+            # positive-definiteness check and an interval transform that can leave the
+            # positive-definite set).
+            model.add_coord("dimension_pair", _pair_labels(spec.factors))
+            cpc_raw = pm.Beta(
+                "disturbance_cpc_raw",
+                alpha=cpc_beta_parameters(n_fac, pri["lkj_eta"]),
+                beta=cpc_beta_parameters(n_fac, pri["lkj_eta"]),
+                dims="dimension_pair",
+            )
+            chol = corr_cholesky_from_cpc(2.0 * cpc_raw - 1.0, n_fac, xp=pt)
+            pm.Deterministic(
+                "disturbance_corr", pt.dot(chol, chol.T), dims=("dimension", "dimension_bis")
+            )
         else:
             chol = pt.eye(1)
         u = pm.Normal("household_z", 0.0, 1.0, dims=("household", "dimension"))
@@ -539,7 +606,7 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
             "eta",
             pt.dot(comm_onehot, comm_mean)
             + structural
-            + part[:, None] * direct[None, :]
+            + (part - part.mean())[:, None] * direct[None, :]
             + disturbance,
             dims=("household", "dimension"),
         )
@@ -1190,8 +1257,9 @@ def fit_latent_spec(
         "invariance": spec.invariance,
         "adjustment_source": design.adjustment_source,
         "covariates": json.dumps(list(design.covariates)),
-        "identification": "location: no structural intercept; scale: unit-variance household "
-        "disturbance; sign: positive (log-normal) loadings; each item loads on one factor",
+        "identification": "location: no structural intercept, sum-to-zero community terms; "
+        "scale: unit-variance household disturbance; sign: positive (log-normal) loadings; "
+        "each item loads on one factor",
         "converged": str(converged).lower(),
     }
     idata.attrs.update(provenance)
@@ -1269,21 +1337,19 @@ def simulate_from_prior(
         design.covariate_mask, rng.normal(0, pri["beta_sd"], design.covariate_mask.shape), 0
     )
     comm_sd = np.abs(rng.normal(0, pri["community_sd"], n_fac))
-    comm_mean = design.presence[:, None] * spill + comm_sd * rng.normal(size=(n_comm, n_fac))
+    z = rng.normal(size=(n_comm, n_fac))
+    z -= z.mean(axis=0)  # ZeroSumNormal(1) over communities, as in the model
+    presence = design.presence - design.presence.mean()
+    comm_mean = presence[:, None] * spill + comm_sd * z
     if n_fac > 1:
-        import pymc as pm
-
-        corr = pm.draw(
-            pm.LKJCorr.dist(n=n_fac, eta=pri["lkj_eta"], return_matrix=True),
-            random_seed=int(rng.integers(2**31)),
-        )
+        corr = lkj_corr_draw(n_fac, pri["lkj_eta"], rng)
     else:
         corr = np.eye(1)
     dist = rng.normal(size=(design.n, n_fac)) @ np.linalg.cholesky(corr).T
     eta = (
         comm_mean[design.community_index]
         + design.x @ beta
-        + design.participation[:, None] * direct
+        + (design.participation - design.participation.mean())[:, None] * direct
         + dist
     )
     params: dict[str, dict[str, object]] = {}

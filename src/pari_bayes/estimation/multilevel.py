@@ -37,7 +37,6 @@ from pari_bayes.codebook import DIMENSIONS
 from pari_bayes.errors import (
     EstimationError,
     IdentificationError,
-    PariBayesWarning,
     ProvenanceError,
     SpecError,
 )
@@ -95,23 +94,11 @@ def adjustment_sets(survey, spec: ModelSpec) -> tuple[dict[str, tuple[str, ...]]
     """Covariates per outcome from the identification layer.
 
     Returns the adjustment set of ``spec.identification`` for each outcome and the source
-    (``"identification"``, or ``"fallback: codebook covariates"`` while the identification
-    module is missing).
+    (``"identification"``).
     """
-    try:
-        from pari_bayes.identification import identify
-    except ImportError:  # FALLBACK until pari_bayes.identification.identify exists
-        identify = None
-    if identify is None:
-        covs = tuple(c.name for c in survey.codebook.columns.values() if c.role == "covariate")
-        warnings.warn(
-            "pari_bayes.identification.identify is not available; FALLBACK adjustment set = "
-            f"the codebook's covariates ({', '.join(covs)})",
-            PariBayesWarning,
-            stacklevel=3,
-        )
-        return {d: covs for d in spec.outcomes}, "fallback: codebook covariates"
-    result = identify(survey, refute=False)
+    from pari_bayes.identification.identify import identify_cached
+
+    result = identify_cached(survey)
     sets: dict[str, tuple[str, ...]] = {}
     for dim in spec.outcomes:
         chosen = tuple(result.adjustment_set(spec.identification, dim))
@@ -538,19 +525,44 @@ def _fit_design(
     seed: int,
     tau_multiplier: float = 1.0,
     sampler: _Sampler | None = None,
+    compiled_design: MultilevelDesign | None = None,
 ) -> tuple[_Fitted, _Sampler]:
-    """Fit one design: jointly (multivariate) or one outcome at a time (compiled once)."""
+    """Fit one design: jointly (multivariate) or one outcome at a time (compiled once).
+
+    ``compiled_design`` is the design the sampler's model was built from when ``design``
+    is a reduced version of it (the LOO comparison model): terms the reduced design lacks
+    are switched off through the model's data (zero participation / presence, a zero
+    covariate mask), so the reduced model reuses the compiled one. Their coefficients then
+    only see their prior and are dropped from the returned posterior.
+    """
     priors = resolve_priors(spec.priors)
     base_scale = priors["community_sd"].params.get(
         "sigma", 1.0 / priors["community_sd"].params.get("lam", 1.0)
     )
+    full = compiled_design or design
+    # Exposure data are always passed (PyMC's set_data persists between calls).
+    off: dict[str, np.ndarray] = {}
+    dropped: list[str] = []
+    if full.has_treatment:
+        off["participation"] = design.treatment - design.treatment_center
+        if not design.has_treatment:
+            off["participation"] = np.zeros(design.n)
+            dropped.append("direct_effect")
+    if full.has_presence:
+        off["presence"] = design.presence - design.presence_center
+        if not design.has_presence:
+            off["presence"] = np.zeros(len(design.communities))
+            dropped.append("spillover_effect")
     if spec.kind == "multivariate":
         if sampler is None:
             sampler = _Sampler(build_model(design, spec), spec, seed)
         K = len(design.dimensions)
         post, stats, secs = sampler.sample(
-            community_sd_prior_scale=np.full(K, base_scale * tau_multiplier)
+            community_sd_prior_scale=np.full(K, base_scale * tau_multiplier),
+            covariate_mask=design.covariate_mask,
+            **off,
         )
+        post = post.drop_vars(dropped)
         return _Fitted(post, stats, secs, sampler.compile_time), sampler
     first = design.with_dimensions(design.dimensions[:1])
     if sampler is None:
@@ -561,13 +573,28 @@ def _fit_design(
             y=design.y[:, [k]],
             covariate_mask=design.covariate_mask[:, [k]],
             community_sd_prior_scale=np.array([base_scale * tau_multiplier]),
+            **off,
         )
-        posts.append(_rename_dim(post, dim))
+        posts.append(_rename_dim(post.drop_vars(dropped), dim))
         stats_list.append(stats.expand_dims(dimension=[dim]))
         total += secs
     posterior = xr.concat(posts, dim="dimension")
     stats = xr.concat(stats_list, dim="dimension")
     return _Fitted(posterior, stats, total, sampler.compile_time), sampler
+
+
+def reduced_design(design: MultilevelDesign, drop: tuple[str, ...]) -> MultilevelDesign:
+    """Return the design without the terms in ``drop`` (exposures and/or covariates)."""
+    mask = design.covariate_mask.copy()
+    for j, col in enumerate(design.covariates):
+        if col in drop:
+            mask[j, :] = 0.0
+    return replace(
+        design,
+        has_treatment=design.has_treatment and TREATMENT not in drop,
+        has_presence=design.has_presence and PRESENCE not in drop,
+        covariate_mask=mask,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -917,13 +944,10 @@ def fit_spec(
     result.timings = {"compile_s": fitted.compile_time, "sampling_s": fitted.sampling_time}
     if compare and spec.loo_drop:
         reduced = replace(spec, terms=tuple(t for t in spec.terms if t not in spec.loo_drop))
-        d2 = replace(
-            design, has_treatment=TREATMENT in reduced.terms, has_presence=PRESENCE in reduced.terms
-        )
-        f2, _ = _fit_design(d2, reduced, seed)
+        d2 = reduced_design(design, tuple(spec.loo_drop))
+        f2, _ = _fit_design(d2, spec, seed, sampler=sampler, compiled_design=design)
         result.idata_without = _assemble(f2, d2, reduced, seed, multivariate=multivariate)
         result.loo = loo_table(result.idata, result.idata_without, design, multivariate)
-        result.timings["compile_s"] += f2.compile_time
         result.timings["sampling_s"] += f2.sampling_time
     if sensitivity and spec.sensitivity and design.has_presence:
         result.sensitivity = sensitivity_table(design, spec, seed, sampler, fitted, effects)
@@ -982,55 +1006,103 @@ def loo_table(idata_with, idata_without, design: MultilevelDesign, multivariate:
     return pd.DataFrame(rows)
 
 
+#: Pareto k above which importance weights are not trusted (Vehtari et al. 2024) and the
+#: sensitivity variant is refitted instead.
+PARETO_K_MAX = 0.7
+
+
+def _importance_weights(
+    log_ratio: np.ndarray, reff: float = 1.0
+) -> tuple[np.ndarray, float, float]:
+    """PSIS-smoothed normalized weights of flat draws; returns (weights, khat, ESS)."""
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lw, khat = az.psislw(np.asarray(log_ratio, float)[None, :], reff=reff)
+    w = np.exp(lw[0] - lw[0].max())
+    w /= w.sum()
+    return w, float(np.asarray(khat).ravel()[0]), float(1.0 / np.sum(w**2))
+
+
 def sensitivity_table(design, spec, seed, sampler, fitted, effects) -> pd.DataFrame:
-    """Refit with the community-sd prior scale multiplied; effects side by side."""
-    from pari_bayes.effects import effects_table
+    """Effects (DE, IE, TE, observed scope) with the community-sd prior scale multiplied.
+
+    Each variant reweights the posterior by the prior ratio ``p_new(tau) / p_old(tau)``
+    with Pareto-smoothed importance sampling (:func:`arviz.psislw`): no refit, so a
+    variant costs milliseconds. Where the Pareto k of the weights exceeds
+    :data:`PARETO_K_MAX` the weights are not trusted and the variant is refitted with the
+    compiled model (``method = refit``). Univariate specs are reweighted one outcome at a
+    time (each outcome is its own posterior); the multivariate spec jointly.
+    """
+    from pari_bayes.effects import EXPOSURES, estimand_draws, weighted_summary
+    from pari_bayes.priors import prior_logpdf
 
     priors = resolve_priors(spec.priors)
-    base = priors["community_sd"].params.get(
-        "sigma", 1.0 / priors["community_sd"].params.get("lam", 1.0)
-    )
+    tau_prior = priors["community_sd"]
+    base = tau_prior.params.get("sigma", 1.0 / tau_prior.params.get("lam", 1.0))
+    multivariate = spec.kind == "multivariate"
+    dims = design.dimensions
+    keep = ("DE", "IE", "TE")
+
+    def draws_of(post):
+        means = {e: potential_means(post, design, e[0], e[1], "observed") for e in EXPOSURES}
+        out = {}
+        for k, dim in enumerate(dims):
+            d = estimand_draws({e: m[..., k] for e, m in means.items()})
+            out[dim] = {est: d[(est, None)].ravel() for est in keep}
+        return out
+
+    base_draws = draws_of(fitted.posterior)
+    tau = fitted.posterior["community_sd"].transpose("chain", "draw", "dimension").to_numpy()
+    n_chain, n_draw = tau.shape[:2]
+    tau = tau.reshape(n_chain * n_draw, -1)
+    div_base = int(fitted.sample_stats["diverging"].sum())
+    ess_base = {
+        dim: float(effects.loc[effects["dimension"] == dim, "ess_bulk"].min()) for dim in dims
+    }
     rows = []
-    variants = sorted({1.0, *spec.sensitivity})
-    for mult in variants:
-        if mult == 1.0:
-            post, stats, eff = fitted.posterior, fitted.sample_stats, effects
-        else:
+    for mult in sorted({1.0, *spec.sensitivity}):
+        log_ratio = prior_logpdf(tau_prior, tau, mult) - prior_logpdf(tau_prior, tau, 1.0)
+        weights, khats, ess = {}, {}, {}
+        if mult != 1.0:
+            groups = [list(dims)] if multivariate else [[d] for d in dims]
+            for group in groups:
+                idx = [dims.index(d) for d in group]
+                reff = min(ess_base[d] for d in group) / tau.shape[0]
+                w, k, e = _importance_weights(log_ratio[:, idx].sum(axis=1), reff=min(reff, 1.0))
+                for d in group:
+                    weights[d], khats[d], ess[d] = w, k, e
+        refit = None
+        if any(k > PARETO_K_MAX for k in khats.values()):
             f, _ = _fit_design(design, spec, seed, tau_multiplier=mult, sampler=sampler)
-            post, stats = f.posterior, f.sample_stats
-            eff = effects_table(
-                lambda a, s, scope, new_z, post=post: potential_means(
-                    post, design, a, s, scope, new_z=new_z
-                ),
-                design.dimensions,
-                alphas=(),
-                rng=np.random.default_rng(seed),
-                shape=(post.sizes["chain"], post.sizes["draw"]),
-                scopes=("observed",),
-            )
-        div = int(stats["diverging"].sum()) if "diverging" in stats else 0
-        for dim in design.dimensions:
-            tau = post["community_sd"].sel(dimension=dim).to_numpy().ravel()
-            sub = eff[
-                (eff["dimension"] == dim)
-                & (eff["scope"] == "observed")
-                & eff["estimand"].isin(["DE", "IE", "TE"])
-            ]
-            for _, r in sub.iterrows():
+            refit = (draws_of(f.posterior), f.posterior, int(f.sample_stats["diverging"].sum()))
+        for k_dim, dim in enumerate(dims):
+            method = "posterior" if mult == 1.0 else "psis"
+            draws, w, div = base_draws[dim], weights.get(dim), div_base
+            tau_k = tau[:, k_dim]
+            if refit is not None and khats.get(dim, 0.0) > PARETO_K_MAX:
+                method = "refit"
+                draws, w, div = refit[0][dim], None, refit[2]
+                tau_k = refit[1]["community_sd"].sel(dimension=dim).to_numpy().ravel()
+            tau_mean = float(np.average(tau_k, weights=w))
+            for est in keep:
+                summary = weighted_summary(draws[est], w)
                 rows.append(
                     {
                         "dimension": dim,
-                        "estimand": r["estimand"],
+                        "estimand": est,
                         "prior_scale_multiplier": mult,
                         "community_sd_prior_sigma": base * mult,
-                        "mean": r["mean"],
-                        "sd": r["sd"],
-                        "q05": r["q05"],
-                        "q95": r["q95"],
-                        "prob_positive": r["prob_positive"],
-                        "community_sd_mean": float(
-                            tau.mean() * design.y_sd[design.dimensions.index(dim)]
-                        ),
+                        "method": method,
+                        "pareto_k": khats.get(dim, float("nan")),
+                        "importance_ess": ess.get(dim, float(len(draws[est]))),
+                        "mean": summary["mean"],
+                        "sd": summary["sd"],
+                        "q05": summary["q05"],
+                        "q95": summary["q95"],
+                        "prob_positive": summary["prob_positive"],
+                        "community_sd_mean": tau_mean * design.y_sd[k_dim],
                         "divergences": div,
                     }
                 )

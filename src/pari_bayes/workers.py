@@ -1,0 +1,158 @@
+"""Fitting model specs in worker processes while the main job does its other steps.
+
+A fit spends a good part of its time compiling its model (numba, one core) and in Python
+post-processing (one core); the samplers use every core. Fitting the specs in two worker
+processes, while the main process runs calibration, OLS, identification and IPW, keeps both
+cores of a small machine busy. Every fit is seeded on its own, so the numbers are the same
+as in a sequential run.
+
+Workers are started with ``spawn`` (no fork of a process that already runs threads), ignore
+SIGINT (the main process decides), and are terminated if the main process stops early, so
+an interrupted run leaves no worker writing into its staging folder. Results travel back
+through a :class:`multiprocessing.Queue` between our own processes; no file is unpickled.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import signal
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pari_bayes.errors import EstimationError
+
+__all__ = ["FitJob", "plan_workers", "run_fit_jobs"]
+
+#: Relative cost of a spec by kind, for balancing the workers (measured wall times).
+KIND_COST = {"latent": 3.0, "multivariate": 1.5, "multilevel": 1.0}
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One spec to fit into one folder."""
+
+    name: str
+    spec_path: Path
+    target: Path
+    cost: float = 1.0
+
+
+def plan_workers(jobs: Sequence[FitJob], n_workers: int) -> list[list[FitJob]]:
+    """Assign jobs to workers, longest first to the least loaded (LPT scheduling).
+
+    Examples
+    --------
+    >>> jobs = [FitJob("a", Path("a"), Path("a"), 1.0), FitJob("b", Path("b"), Path("b"), 3.0),
+    ...         FitJob("c", Path("c"), Path("c"), 1.5)]
+    >>> [[j.name for j in w] for w in plan_workers(jobs, 2)]
+    [['b'], ['c', 'a']]
+    """
+    n = max(1, min(n_workers, len(jobs)))
+    plan: list[list[FitJob]] = [[] for _ in range(n)]
+    load = [0.0] * n
+    for job in sorted(jobs, key=lambda j: -j.cost):
+        k = load.index(min(load))
+        plan[k].append(job)
+        load[k] += job.cost
+    return [p for p in plan if p]
+
+
+def _worker(jobs: list[FitJob], survey: Any, options: dict[str, Any], results: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    from pari_bayes.estimation.fitting import fit_spec_file
+
+    for job in jobs:
+        try:
+            start = time.perf_counter()
+            fit = fit_spec_file(survey, job.spec_path, job.target, **options)
+            results.put(("ok", job.name, fit.gate, time.perf_counter() - start))
+        except BaseException as exc:  # noqa: BLE001 - reported to the main process
+            try:
+                results.put(("error", job.name, exc, traceback.format_exc()))
+            except Exception:  # noqa: BLE001 - an exception that cannot travel
+                results.put(("error", job.name, None, traceback.format_exc()))
+            return
+
+
+def run_fit_jobs(
+    jobs: Sequence[FitJob],
+    survey: Any,
+    options: dict[str, Any],
+    n_workers: int,
+    while_waiting: Any = None,
+) -> dict[str, tuple[dict[str, Any], float]]:
+    """Fit every job in worker processes; returns each job's (gate row, seconds) by name.
+
+    Parameters
+    ----------
+    jobs
+        The specs to fit.
+    survey
+        The validated survey (sent to each worker once).
+    options
+        Keyword arguments of :func:`pari_bayes.estimation.fitting.fit_spec_file`.
+    n_workers
+        Worker processes (at most one per job).
+    while_waiting
+        Optional callable run in the main process once the workers have started.
+
+    Raises
+    ------
+    Exception
+        The first error a worker raised (re-raised here with its type), after every other
+        worker was stopped.
+    """
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=(plan, survey, options, results), daemon=False)
+        for plan in plan_workers(jobs, n_workers)
+    ]
+    gates: dict[str, tuple[dict[str, Any], float]] = {}
+    done = False
+    try:
+        for proc in procs:
+            proc.start()
+        if while_waiting is not None:
+            while_waiting()
+        while len(gates) < len(jobs):
+            try:
+                message = results.get(timeout=0.5)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    try:  # a last message may still be in the pipe
+                        message = results.get(timeout=2.0)
+                    except queue.Empty:
+                        raise EstimationError(
+                            "a model-fitting worker process stopped without a result "
+                            "(out of memory?); run again with --workers 1 to see the error"
+                        ) from None
+                else:
+                    continue
+            if message[0] == "ok":
+                gates[message[1]] = (message[2], float(message[3]))
+                continue
+            _, name, exc, text = message
+            if isinstance(exc, BaseException):
+                raise exc
+            raise EstimationError(f"fitting {name} failed in a worker process:\n{text}")
+        done = True
+    finally:
+        for proc in procs:
+            if done:
+                proc.join(timeout=30)  # finishing normally
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        results.close()
+    return gates

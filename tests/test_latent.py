@@ -369,3 +369,67 @@ def test_lkj_from_partial_correlations_matches_pymc_lkjcorr():
         # marginal of every correlation under LKJ(eta): Beta(eta - 1 + n/2) on (-1, 1)
         b = eta - 1 + n / 2
         assert stats.kstest((ours[:, i, j] + 1) / 2, stats.beta(b, b).cdf).pvalue > 0.01
+
+
+def _direct_spec(direct_a1=("x1",), direct_a2=()):
+    items = [dict(it) for it in SMALL_SPEC["items"]]
+    items[0]["direct"] = list(direct_a1)
+    if direct_a2:
+        items[1]["direct"] = list(direct_a2)
+    return dict(SMALL_SPEC, items=items)
+
+
+def test_direct_item_effects_enter_only_their_item():
+    """A MIMIC direct effect of x1 on item a1 shifts a1's likelihood and nothing else."""
+    import pymc as pm
+
+    spec = L.parse_latent_spec(_direct_spec(), "direct.toml")
+    assert spec.items[0].direct == ("x1",) and spec.items[1].direct == ()
+    design = L.latent_design(_Survey(small_frame()), spec)
+    assert design.direct_columns == ("x1",)
+    np.testing.assert_allclose(design.direct_x[:, 0].std(), 1.0)
+    model = L.build_latent_model(design, spec)
+    assert model.named_vars_to_dims["item_direct"] == ("direct_pair",)
+    assert list(model.coords["direct_pair"]) == ["a1~x1"]
+    point = model.initial_point()
+    logps = model.compile_fn(
+        [model.logp(vars=[model[name]], sum=True) for name in ("y_ordinal", "y_binomial")],
+        inputs=model.value_vars,
+        on_unused_input="ignore",
+    )
+    before = logps(point)
+    point["item_direct"] = np.array([1.5])
+    after = logps(point)
+    assert before[0] != after[0]  # the ordinal block holds a1
+    assert before[1] == after[1]  # binomial items have no direct effect
+    del pm
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        (
+            {**SMALL_SPEC, "items": [{**SMALL_SPEC["items"][0], "direct": "x1"}]},
+            r"direct = 'x1'; allowed: a list of survey column",
+        ),
+        (
+            _direct_spec(direct_a1=("x1",), direct_a2=("x1",))
+            | {
+                "items": [
+                    {**it, "direct": ["x1"]} if it["factor"] == "f1" else it
+                    for it in SMALL_SPEC["items"]
+                ]
+            },
+            r"every item of factor 'f1' has a direct effect of 'x1'",
+        ),
+    ],
+)
+def test_direct_item_effects_bad_specs(spec, match):
+    with pytest.raises(SpecError, match=match):
+        L.parse_latent_spec(spec, "direct.toml")
+
+
+def test_direct_item_effect_on_unknown_column_names_it():
+    spec = L.parse_latent_spec(_direct_spec(direct_a1=("nope",)), "direct.toml")
+    with pytest.raises(SpecError, match=r"direct: column\(s\) nope not in the survey; allowed"):
+        L.latent_design(_Survey(small_frame()), spec)

@@ -113,6 +113,9 @@ _DEFAULT_PRIORS: dict[str, Any] = {
     "hurdle_sigma": 1.0,
     # sd of community deviations of loadings (log scale) / intercepts under non-invariance.
     "invariance_sd": 0.5,
+    # Direct covariate effects on items, per sd of the (standardized) covariate, on the item's
+    # linear-predictor scale: a shift beyond +-2 log-odds per sd is implausible.
+    "direct_sd": 1.0,
 }
 
 _DEFAULT_SAMPLER: dict[str, Any] = {
@@ -158,6 +161,15 @@ def _where(source: str) -> str:
     return f"{source}: " if source else ""
 
 
+def _direct_columns(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise SpecError(
+            f"{where}: direct = {value!r}; allowed: a list of survey column names, "
+            'e.g. direct = ["income_scale"]'
+        )
+    return tuple(dict.fromkeys(value))
+
+
 def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentSpec:
     """Check and parse a latent-model spec.
 
@@ -197,7 +209,16 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
             f"{w}no [[items]] declared; declare each indicator with name, type, factor."
         )
     items = []
-    known_keys = {"name", "type", "factor", "levels", "trials", "proportion", "zero_model"}
+    known_keys = {
+        "name",
+        "type",
+        "factor",
+        "levels",
+        "trials",
+        "proportion",
+        "zero_model",
+        "direct",
+    }
     for k, entry in enumerate(items_raw):
         where = f"{w}[[items]] #{k + 1}"
         extra = set(entry) - known_keys
@@ -227,6 +248,7 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
                 trials=entry.get("trials"),
                 proportion=bool(entry.get("proportion", False)),
                 zero_model=bool(entry.get("zero_model", True)),
+                direct=_direct_columns(entry.get("direct", []), f"{where} ({entry['name']})"),
             )
         )
     names = [it.name for it in items]
@@ -236,6 +258,15 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
     empty = [f for f in factors if f not in {it.factor for it in items}]
     if empty:
         raise SpecError(f"{w}factor(s) without items: {', '.join(empty)}")
+    for f in factors:
+        members = [it for it in items if it.factor == f]
+        for col in {c for it in members for c in it.direct}:
+            if all(col in it.direct for it in members):
+                raise SpecError(
+                    f"{w}every item of factor {f!r} has a direct effect of {col!r}, which "
+                    f"then cannot be told apart from {col!r}'s effect on the factor; leave "
+                    "at least one item of the factor without it"
+                )
     structural = dict(raw.get("structural", {}))
     covariates = structural.get("covariates", "identification")
     if covariates == "identification":
@@ -348,6 +379,9 @@ class LatentDesign:
     covariate_mask: np.ndarray  # (p, d) True where covariate enters factor d's equation
     items: ItemData
     adjustment_source: str = "identification"
+    direct_columns: tuple[str, ...] = ()  # columns with direct effects on items
+    direct_x: np.ndarray | None = None  # standardized, (n, q)
+    direct_pairs: tuple[tuple[int, int], ...] = ()  # (column q, item j of items.items)
 
     @property
     def n(self) -> int:
@@ -427,6 +461,23 @@ def latent_design(
         if "household_id" in frame.columns
         else np.array([f"h{i}" for i in range(len(frame))])
     )
+    direct_columns = tuple(dict.fromkeys(c for it in spec.items for c in it.direct))
+    unknown = [c for c in direct_columns if c not in frame.columns]
+    if unknown:
+        raise SpecError(
+            f"{_where(spec.source)}[[items]] direct: column(s) {', '.join(unknown)} not in the "
+            f"survey; allowed: {', '.join(map(str, frame.columns))}"
+        )
+    direct_x = None
+    if direct_columns:
+        raw_x = frame[list(direct_columns)].to_numpy(dtype=float)
+        scale = raw_x.std(axis=0)
+        scale[scale == 0] = 1.0
+        direct_x = (raw_x - raw_x.mean(axis=0)) / scale
+    item_order = [it.name for it in items.items]
+    direct_pairs = tuple(
+        (direct_columns.index(c), item_order.index(it.name)) for it in spec.items for c in it.direct
+    )
     return LatentDesign(
         households=households,
         communities=tuple(order),
@@ -440,6 +491,9 @@ def latent_design(
         covariate_mask=mask,
         items=items,
         adjustment_source=source,
+        direct_columns=direct_columns,
+        direct_x=direct_x,
+        direct_pairs=direct_pairs,
     )
 
 
@@ -645,6 +699,18 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
             else:
                 shift = pm.Deterministic("intercept_shift", full, dims=("community", "indicator"))
 
+        # ---- direct covariate effects on items (MIMIC direct effects), if declared
+        direct_terms = None
+        if design.direct_pairs:
+            q_idx, j_idx = (list(v) for v in zip(*design.direct_pairs, strict=True))
+            model.add_coord(
+                "direct_pair",
+                [f"{items[j].name}~{design.direct_columns[q]}" for q, j in design.direct_pairs],
+            )
+            item_direct = pm.Normal("item_direct", 0.0, pri["direct_sd"], dims="direct_pair")
+            coef = pt.zeros((len(design.direct_columns), len(items)))[q_idx, j_idx].set(item_direct)
+            direct_terms = pt.dot(pm.Data("direct_covariates", design.direct_x), coef)
+
         def item_linear(group_items):
             """(n, J) loading * factor value of each item of a type (+ community shifts)."""
             g_item = np.array([item_pos[it.name] for it in group_items])
@@ -655,6 +721,8 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
             lin = lam * eta_items
             if shift is not None:
                 lin = lin + pt.dot(comm_onehot, shift[:, g_item])
+            if direct_terms is not None:
+                lin = lin + direct_terms[:, g_item]
             return lin
 
         if data.ordinal is not None:
@@ -1376,6 +1444,13 @@ def simulate_from_prior(
                 params[it.name]["zero_loading"] = float(
                     np.exp(rng.normal(pri["loading_mu"], pri["loading_sigma"]))
                 )
+    direct_truth = np.zeros(len(design.direct_pairs))
+    if design.direct_pairs:
+        names = [it.name for it in design.items.items]
+        direct_truth = rng.normal(0, pri["direct_sd"], len(design.direct_pairs))
+        for (q, j), coef in zip(design.direct_pairs, direct_truth, strict=True):
+            entry = params[names[j]]
+            entry["offset"] = entry.get("offset", 0.0) + coef * design.direct_x[:, q]
     eta_frame = pd.DataFrame(eta, columns=list(spec.factors))
     frame = pd.DataFrame({"household_size": np.full(design.n, 4)})
     answers = simulate_items(spec.items, eta_frame, params, rng, frame=frame)
@@ -1385,5 +1460,6 @@ def simulate_from_prior(
         "spillover_effect": spill,
         "community_sd": comm_sd,
         "loading": np.array([loadings[it.name] for it in spec.items]),
+        "item_direct": direct_truth,
     }
     return items, truth

@@ -77,6 +77,10 @@ class ItemSpec:
         ``binomial``: the column holds the share ``y / trials`` rather than the count.
     zero_model
         ``hurdle_lognormal``: model the zeros (true) or condition on them (false).
+    direct
+        Survey columns with a direct effect on the item beyond the factor (MIMIC direct
+        effects, i.e. differential item functioning by these covariates), on the scale of the
+        item's linear predictor (ordinal latent response, binomial logit, log amount).
     """
 
     name: str
@@ -86,6 +90,7 @@ class ItemSpec:
     trials: int | str | None = None
     proportion: bool = False
     zero_model: bool = True
+    direct: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ITEM_KINDS:
@@ -457,7 +462,8 @@ def simulate_items(
     params
         Per item name: ``loading`` and ``cutpoints`` (ordinal), ``intercept`` (binomial),
         ``mu``, ``sigma`` and optionally ``zero_intercept``, ``zero_loading`` (hurdle; raw log
-        scale).
+        scale); optionally ``offset``, an array added to the item's linear predictor (its
+        direct covariate effects).
     rng
         Random generator.
     frame
@@ -472,6 +478,8 @@ def simulate_items(
     for it in items:
         p = params[it.name]
         x = float(p["loading"]) * eta[it.factor].to_numpy()
+        if "offset" in p:
+            x = x + np.asarray(p["offset"], float)
         n = x.size
         if it.kind == "ordinal":
             tau = np.asarray(p["cutpoints"], float)

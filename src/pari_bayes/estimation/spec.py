@@ -159,7 +159,8 @@ class ModelSpec:
     sampler
         Sampler settings.
     sensitivity
-        Multipliers of the community-sd prior scale for the sensitivity refits.
+        Multipliers of the community-sd prior scale for the sensitivity analysis (PSIS
+        reweighting of the posterior; a refit where the Pareto k exceeds 0.7).
     loo_drop
         Terms dropped for the LOO comparison model (empty: no comparison).
     raw

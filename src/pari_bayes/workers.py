@@ -15,6 +15,7 @@ through a :class:`multiprocessing.Queue` between our own processes; no file is u
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import signal
 import time
@@ -27,6 +28,8 @@ from typing import Any
 from pari_bayes.errors import EstimationError
 
 __all__ = ["FitJob", "plan_workers", "run_fit_jobs"]
+
+_BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 #: Relative cost of a spec by kind, for balancing the workers (measured wall times).
 KIND_COST = {"latent": 3.0, "multivariate": 1.5, "multilevel": 1.0}
@@ -116,8 +119,19 @@ def run_fit_jobs(
     gates: dict[str, tuple[dict[str, Any], float]] = {}
     done = False
     try:
-        for proc in procs:
-            proc.start()
+        # Each worker's sampler already runs one thread per chain: single-threaded BLAS in
+        # the workers avoids oversubscribing the cores (spawned children copy os.environ).
+        saved = {k: os.environ.get(k) for k in _BLAS_THREAD_VARIABLES}
+        os.environ.update(dict.fromkeys(_BLAS_THREAD_VARIABLES, "1"))
+        try:
+            for proc in procs:
+                proc.start()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         if while_waiting is not None:
             while_waiting()
         while len(gates) < len(jobs):

@@ -172,6 +172,11 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
     table4 = None
     ipw_effects = None
 
+    def _step_dir(result: RunResult, name: str, writer: Callable[..., object]) -> object:
+        """Run ``writer(survey, directory / name, seed=...)`` into a new folder, timed."""
+        (directory / name).mkdir()
+        return _timed(result, name, lambda: writer(survey, directory / name, seed=options.seed))
+
     def other_steps() -> None:
         """Every step but the Bayesian fits (main process, while workers fit)."""
         nonlocal table4, ipw_effects
@@ -187,32 +192,17 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             progress.step("paper baseline: PCA scores and OLS Table 4")
             from pari_bayes.estimation.ols import write_ols
 
-            (directory / "ols").mkdir()
-            table4 = _timed(
-                result, "ols", lambda: write_ols(survey, directory / "ols", seed=options.seed)
-            )
+            table4 = _step_dir(result, "ols", write_ols)
         if "identification" in steps:
             progress.step("identification (DoWhy)")
             from pari_bayes.identification import write_identification
 
-            (directory / "identification").mkdir()
-            _timed(
-                result,
-                "identification",
-                lambda: write_identification(
-                    survey, directory / "identification", seed=options.seed
-                ),
-            )
+            _step_dir(result, "identification", write_identification)
         if "ipw" in steps:
             progress.step("design-based IPW under partial interference")
             from pari_bayes.estimation.ipw import write_ipw_survey
 
-            (directory / "ipw").mkdir()
-            _timed(
-                result,
-                "ipw",
-                lambda: write_ipw_survey(survey, directory / "ipw", seed=options.seed),
-            )
+            _step_dir(result, "ipw", write_ipw_survey)
             common = directory / "ipw" / "ipw_effects_common.csv"
             if common.exists():
                 ipw_effects = pd.read_csv(common)

@@ -595,13 +595,15 @@ R2_WEIGHT_SD = 0.02
 
 #: Direct covariate effects (MIMIC) calibrated per dimension: item -> regressors. They are
 #: fitted on the standardized scale (coefficient x sd of the regressor), non-negative.
-#: Household income is largely employment income and decides whether a family makes
-#: ends meet; off-farm work raises the share of employed members and their earnings.
+#: Household income decides whether a family makes ends meet and goes with more employed
+#: members; off-farm work raises the share of employed members and their earnings. No
+#: regressor acts on every item of the factor (each has an anchor item without it), so a
+#: latent model with the same direct effects is identified.
 FREE_DIRECT = {
     "economic_integration": {
-        "economic_pressure": ["income_scale", "offfarm_employed"],
+        "economic_pressure": ["income_scale"],
         "human_capital": ["offfarm_employed", "income_scale"],
-        "per_capita_employment_income": ["income_scale", "offfarm_employed"],
+        "per_capita_employment_income": ["offfarm_employed"],
     },
 }
 #: Starting value of a standardized direct effect the parameters do not have yet.

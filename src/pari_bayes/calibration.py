@@ -758,9 +758,9 @@ def audit_published(
                 f"adjusted R2 of {float(fit_row['adj_r2']):.3f}. The printed fit needs "
                 "covariates (income) to act on the items directly",
                 "met by the generator with direct (MIMIC) covariate effects on the economic "
-                "items, beside their loadings on the factor: income_scale and "
-                "offfarm_employed act directly on economic_pressure (ordinal latent "
-                "response), human_capital (logit of the employment share) and "
+                "items, beside their loadings on the factor: income_scale on "
+                "economic_pressure (ordinal latent response) and human_capital (logit of the "
+                "employment share), offfarm_employed on human_capital and "
                 "per_capita_employment_income (log scale; drawn as household employment "
                 "income divided by the employed members). The coefficients are "
                 "items[item].direct in data/generator_params.json (= measurement[item].direct "

@@ -200,3 +200,105 @@ def test_cli_simulate(tmp_path, capsys):
     assert out.read_bytes() == before
     assert main([*args, "--force"]) == 0
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+# ------------------------------------------------------------ direct covariate effects
+
+
+def _with_direct(params, item, direct):
+    params = json.loads(json.dumps(params))
+    params["items"][item]["direct"] = direct
+    return params
+
+
+def test_params_without_direct_give_the_same_survey_as_an_empty_direct(tmp_path):
+    """Absent or empty ``direct``: the survey is byte-identical (old parameter files)."""
+    base = default_params()
+    empty = json.loads(json.dumps(base))
+    for spec in empty["items"].values():
+        spec["direct"] = {}
+    a = simulate_survey(150, params=base, seed=8)
+    b = simulate_survey(150, params=empty, seed=8)
+    write_csv(a.data, tmp_path / "a.csv")
+    write_csv(b.data, tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    np.testing.assert_array_equal(a.latent[list(DIMENSIONS)], b.latent[list(DIMENSIONS)])
+    assert "direct" not in a.truth["measurement"]["per_capita_employment_income"]
+
+
+def test_direct_effect_moves_only_its_item_in_its_direction():
+    """Higher income -> higher per-capita employment income, everything else fixed."""
+    base = default_params()
+    ref = base["reference"]["income_scale"]
+    item = "per_capita_employment_income"
+    plain = simulate_survey(300, params=base, seed=4)
+    moved = simulate_survey(300, params=_with_direct(base, item, {"income_scale": 0.05}), seed=4)
+    # same households, same factors: only the item with the direct effect changes
+    np.testing.assert_array_equal(plain.latent[list(DIMENSIONS)], moved.latent[list(DIMENSIONS)])
+    others = [c for c in plain.data.columns if c != item]
+    pd.testing.assert_frame_equal(plain.data[others], moved.data[others])
+    x = np.sqrt(plain.data["household_income"].to_numpy(float)) - ref
+    y0 = plain.data[item].to_numpy(float)
+    y1 = moved.data[item].to_numpy(float)
+    working = y0 > 0
+    assert ((y1 > 0) == working).all()  # zeros stay zeros (nobody employed)
+    assert (y1[working & (x > 0)] >= y0[working & (x > 0)]).all()
+    assert (y1[working & (x < 0)] <= y0[working & (x < 0)]).all()
+    # on the log scale the shift is exactly 0.05 (x - ref), up to rounding to whole yuan
+    big = working & (y0 > 200) & (y1 > 200)
+    shift = np.log(y1[big] / y0[big])
+    np.testing.assert_allclose(shift, 0.05 * x[big], atol=0.01)
+
+
+@pytest.mark.parametrize(
+    ("item", "regressor"),
+    [("economic_pressure", "offfarm_employed"), ("human_capital", "offfarm_employed")],
+)
+def test_direct_effect_on_ordinal_and_share_items(item, regressor):
+    base = default_params()
+    plain = simulate_survey(300, params=base, seed=6)
+    moved = simulate_survey(300, params=_with_direct(base, item, {regressor: 2.0}), seed=6)
+    x = plain.data[regressor].to_numpy(float) - base["reference"][regressor]
+    y0 = plain.data[item].to_numpy(float)
+    y1 = moved.data[item].to_numpy(float)
+    assert (y1[x > 0] >= y0[x > 0]).all() and (y1[x > 0] > y0[x > 0]).any()
+    assert (y1[x < 0] <= y0[x < 0]).all()
+    assert moved.truth["measurement"][item]["direct"] == {regressor: 2.0}
+
+
+def test_direct_terms_do_not_change_under_an_intervention():
+    """Covariates are not intervened on: items move between exposures only through eta."""
+    params = _with_direct(default_params(), "economic_pressure", {"income_scale": 0.2})
+    params["items"]["economic_pressure"]["loading"] = 1e-9  # the item ignores the factor
+    sim = simulate_survey(200, params=params, seed=9)
+    outcomes = [simulate_potential_outcomes(sim, a, s) for a, s in ((1, 1), (0, 1), (0, 0))]
+    for other in outcomes[1:]:
+        np.testing.assert_array_equal(
+            outcomes[0]["economic_pressure"].to_numpy(), other["economic_pressure"].to_numpy()
+        )
+    observed = simulate_potential_outcomes(
+        sim, sim.latent["cbo_participation"].to_numpy(), sim.latent["cbo_presence"].to_numpy()
+    )
+    pd.testing.assert_frame_equal(observed[sim.data.columns], sim.data)
+
+
+def test_per_employed_divides_household_employment_income():
+    base = default_params()
+    item = "per_capita_employment_income"
+    plain = simulate_survey(300, params=base, seed=5)
+    params = json.loads(json.dumps(base))
+    params["items"][item]["per_employed"] = True
+    divided = simulate_survey(300, params=params, seed=5)
+    employed = np.round(plain.data["human_capital"] * plain.data["household_size"]).to_numpy()
+    y0 = plain.data[item].to_numpy(float)
+    y1 = divided.data[item].to_numpy(float)
+    assert ((y1 == 0) == (employed == 0)).all()
+    working = employed > 0
+    # y0 = round(E), y1 = max(round(E / employed), 1): equal up to rounding
+    np.testing.assert_allclose(y1[working] * employed[working], y0[working], atol=employed.max())
+
+
+def test_unknown_direct_regressor_is_refused():
+    params = _with_direct(default_params(), "human_capital", {"education": 1.0})
+    with pytest.raises(PariBayesError, match="unknown regressors"):
+        simulate_survey(50, params=params, seed=1)

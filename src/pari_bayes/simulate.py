@@ -37,20 +37,31 @@ Latent integration factors, d = 1..4 (``codebook.DIMENSIONS``)
     So a participant (a=1, s=1) differs from a household in a CBO-free community (a=0, s=0)
     by TE_d = DE_d + IE_d; a non-participant in a CBO community by IE_d.
 Measurement model (loadings lambda > 0: higher = more integrated)
-    ordinal items (1-3, 1-5 and the 1/2-coded binaries): P(y <= k) =
-    logistic(tau_k - lambda eta_d), drawn as y = 1 + #{k : lambda eta_d + L > tau_k} with
-    L = logit(U) a stored standard logistic draw;
-    "options selected" counts (0-9, 0-5): y ~ Binomial(max, logistic(c + lambda eta_d)),
-    drawn as #{j <= max : U_j < p};
+    Each item has a linear predictor m = lambda eta_d + delta'(x - ref): the factor term plus
+    optional MIMIC-style *direct* covariate effects delta (``items[item]["direct"]``, a dict
+    regressor -> coefficient over the structural regressors x above, centred at the same
+    ``reference``; absent or empty = no direct effect, m = lambda eta_d). A direct effect
+    moves one item without moving the factor (e.g. household income raises employment
+    income and the ability to make ends meet directly), so the items are not independent
+    given eta_d alone but given (eta_d, x).
+    ordinal items (1-3, 1-5 and the 1/2-coded binaries): P(y <= k) = logistic(tau_k - m),
+    drawn as y = 1 + #{k : m + L > tau_k} with L = logit(U) a stored standard logistic draw;
+    "options selected" counts (0-9, 0-5): y ~ Binomial(max, logistic(c + m)), drawn as
+    #{j <= max : U_j < p};
     ``human_capital`` = employed / household_size with employed ~ Binomial(household_size,
-    logistic(c + lambda eta_d));
-    ``per_capita_employment_income`` = 0 if employed = 0, else exp(mu + lambda eta_d +
-    sigma Z) rounded to whole yuan, at least 1 (zeros and a heavy right tail).
+    logistic(c + m));
+    ``per_capita_employment_income`` = 0 if employed = 0, else exp(mu + m + sigma Z) rounded
+    to whole yuan, at least 1 (zeros and a heavy right tail); m is on the log scale. With
+    ``per_employed: true`` exp(mu + m + sigma Z) is the household's monthly employment
+    income and the item is that divided by the employed members (the item's definition),
+    i.e. log y = mu + m - log(employed) + sigma Z; absent or false: no division.
 
 Every random number is drawn up front in a fixed order with shapes that depend only on the
 number of households and communities (common random numbers), so the same seed with other
 parameters gives the "same" households, and :func:`simulate_potential_outcomes` gives the
-items of the same households under any counterfactual exposure (a, s).
+items of the same households under any counterfactual exposure (a, s). The covariates do
+not change under an intervention on (a, s), so the direct terms delta'(x - ref) are the
+same under every exposure: exposure moves the items only through eta.
 """
 
 from __future__ import annotations
@@ -81,6 +92,7 @@ __all__ = [
     "simulate_survey",
     "simulate_potential_outcomes",
     "simulate_items",
+    "direct_term",
 ]
 
 #: Regressors of the structural model (and of Table 4), in order.
@@ -418,12 +430,51 @@ def _latent(
     return eta
 
 
+def direct_term(item: str, spec: dict[str, Any], regressors: np.ndarray | None) -> Any:
+    """Return an item's direct covariate term delta'(x - ref) (0.0 when it has none).
+
+    Parameters
+    ----------
+    item
+        The item's name (for messages).
+    spec
+        The item's parameters; ``spec["direct"]`` maps structural regressors (``REGRESSORS``)
+        to coefficients on the scale of the item's linear predictor.
+    regressors
+        The centred regressor matrix x - reference, shape (n, len(REGRESSORS)), columns in
+        ``REGRESSORS`` order (see :func:`simulate_survey`); only needed when ``direct`` is
+        not empty.
+
+    Returns
+    -------
+    numpy.ndarray or float
+        The term per household, or the scalar 0.0 when the item has no direct effect (so
+        that an item without one is drawn exactly as before).
+
+    """
+    direct = spec.get("direct") or {}
+    if not direct:
+        return 0.0
+    unknown = sorted(set(direct) - set(REGRESSORS))
+    if unknown:
+        raise PariBayesError(
+            f"item {item}: direct effects of unknown regressors {unknown}; "
+            f"use the structural regressors {list(REGRESSORS)}"
+        )
+    if regressors is None:
+        raise PariBayesError(f"item {item}: direct effects need the regressor matrix")
+    regressors = np.asarray(regressors, dtype=float)
+    coef = np.array([float(direct.get(k, 0.0)) for k in REGRESSORS])
+    return regressors @ coef
+
+
 def simulate_items(
     params: dict[str, Any],
     eta: np.ndarray,
     household_size: np.ndarray,
     noise: dict[str, np.ndarray],
     codebook: Codebook,
+    regressors: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Draw the 13 indicators from latent factors with the stored random numbers.
 
@@ -439,6 +490,9 @@ def simulate_items(
         The survey's stored random numbers.
     codebook
         Gives each item's dimension.
+    regressors
+        Centred structural regressors x - reference, shape (n, 6) in ``REGRESSORS`` order
+        (``_regressor_matrix``); needed only by items with ``direct`` effects.
 
     Returns
     -------
@@ -456,24 +510,25 @@ def simulate_items(
         lam = float(spec["loading"])
         u = noise[f"item:{item}"]
         kind = spec["type"]
+        if kind == "employment_income":
+            continue  # needs `employed`; drawn below
+        m = lam * e + direct_term(item, spec, regressors)
         if kind == "ordinal":
-            latent = lam * e + special.logit(np.clip(u[:, 0], 1e-12, 1 - 1e-12))
+            latent = m + special.logit(np.clip(u[:, 0], 1e-12, 1 - 1e-12))
             tau = np.sort(np.asarray(spec["thresholds"], dtype=float))
             values = codebook[item].values
             idx = (latent[:, None] > tau[None, :]).sum(axis=1)
             out[item] = np.asarray(values)[idx]
         elif kind == "binomial":
-            p = special.expit(spec["intercept"] + lam * e)
+            p = special.expit(spec["intercept"] + m)
             trials = int(spec["trials"])
             out[item] = (u[:, :trials] < p[:, None]).sum(axis=1)
         elif kind == "employment_share":
-            p = special.expit(spec["intercept"] + lam * e)
+            p = special.expit(spec["intercept"] + m)
             draws = noise["employed"] < p[:, None]
             mask = np.arange(MAX_HOUSEHOLD_SIZE)[None, :] < size[:, None]
             employed = (draws & mask).sum(axis=1)
             out[item] = employed / size
-        elif kind == "employment_income":
-            continue  # needs `employed`; drawn below
         else:
             raise PariBayesError(f"item {item}: unknown item type {kind!r}")
     for item in codebook.indicator_names:
@@ -483,9 +538,12 @@ def simulate_items(
         if employed is None:
             raise PariBayesError(f"item {item}: needs an 'employment_share' item")
         e = eta[:, dim_index[codebook[item].dimension]]
-        log_inc = (
-            spec["log_mean"] + spec["loading"] * e + spec["log_sd"] * noise["employment_income"]
-        )
+        m = spec["loading"] * e + direct_term(item, spec, regressors)
+        log_inc = spec["log_mean"] + m + spec["log_sd"] * noise["employment_income"]
+        if spec.get("per_employed", False):
+            # the lognormal is the household's employment income; the item divides it by
+            # the employed members (the item's definition)
+            log_inc = log_inc - np.log(np.maximum(employed, 1))
         out[item] = np.where(employed > 0, np.maximum(np.round(np.exp(log_inc)), 1.0), 0.0)
     return pd.DataFrame({k: out[k] for k in codebook.indicator_names})
 
@@ -532,10 +590,14 @@ def _truth(
             "Var(e_d) = 1, corr(e) = disturbance_corr; a = own CBO participation, s = "
             "community CBO presence, S = unobserved prior sociability ~ N(0,1). "
             "DE = E[eta(1,1) - eta(0,1)], IE = E[eta(0,1) - eta(0,0)], TE = DE + IE. "
-            "Measurement: ordinal P(y<=k) = logistic(tau_k - lambda eta); counts "
-            "Binomial(max, logistic(c + lambda eta)); human_capital = "
-            "Binomial(size, logistic(c + lambda eta)) / size; per_capita_employment_income = "
-            "0 if nobody employed else exp(mu + lambda eta + sigma Z)."
+            "Measurement: linear predictor m = lambda eta + sum_k direct_k (x_k - "
+            "reference_k) (measurement[item].loading = lambda, measurement[item].direct = "
+            "direct covariate effects, absent = none; the same x and reference as the "
+            "structural model); ordinal P(y<=k) = logistic(tau_k - m); counts "
+            "Binomial(max, logistic(c + m)); human_capital = "
+            "Binomial(size, logistic(c + m)) / size; per_capita_employment_income = "
+            "0 if nobody employed else exp(mu + m + sigma Z) (m on the log scale), divided by "
+            "the number employed when measurement[item].per_employed is true."
         ),
         "seed": seed,
         "n_households": int(len(eta)),
@@ -615,7 +677,8 @@ def simulate_survey(
     a = _participation(params, cov, noise)
     s = cov["cbo_presence"].to_numpy()
     eta = _latent(params, cov, a, s, noise)
-    items = simulate_items(params, eta, cov["household_size"].to_numpy(), noise, book)
+    xc = _regressor_matrix(params, cov)
+    items = simulate_items(params, eta, cov["household_size"].to_numpy(), noise, book, xc)
     width = max(4, len(str(n_households)))
     data = pd.DataFrame({"household_id": [f"H{i + 1:0{width}d}" for i in range(n_households)]})
     data["community"] = cov["community"].to_numpy()
@@ -657,8 +720,10 @@ def simulate_potential_outcomes(
 
     Covariates, sociability, community effects, disturbances and every measurement draw
     are held fixed (common random numbers); only participation ``a`` and CBO presence
-    ``s`` are set. Use it to compute score-scale ground truth for any measurement function:
-    e.g. the mean of ``score(Y(1, 1)) - score(Y(0, 1))`` is the direct effect on that scale.
+    ``s`` are set. The items' direct covariate terms are therefore identical under every
+    exposure: (a, s) moves the items only through the factors. Use it to compute
+    score-scale ground truth for any measurement function: e.g. the mean of
+    ``score(Y(1, 1)) - score(Y(0, 1))`` is the direct effect on that scale.
 
     Parameters
     ----------
@@ -685,8 +750,10 @@ def simulate_potential_outcomes(
     if not (np.isin(a_arr, (0, 1)).all() and np.isin(s_arr, (0, 1)).all()):
         raise PariBayesError("a and s must be 0 or 1")
     eta = _latent(sim.params, sim.covariates, a_arr, s_arr, sim.noise)
+    # the covariates are not intervened on: the direct terms are the same under every (a, s)
+    xc = _regressor_matrix(sim.params, sim.covariates)
     items = simulate_items(
-        sim.params, eta, sim.covariates["household_size"].to_numpy(), sim.noise, book
+        sim.params, eta, sim.covariates["household_size"].to_numpy(), sim.noise, book, xc
     )
     out = sim.data.copy()
     out["cbo_participation"] = a_arr

@@ -11,7 +11,9 @@ from pari_bayes._paths import MODELS_DIR
 from pari_bayes.errors import SpecError, SurveyDataError
 from pari_bayes.estimation import latent as L
 from pari_bayes.measurement.items import (
+    BinomialData,
     ItemSpec,
+    binomial_logit_logp,
     binomial_logp_numpy,
     hurdle_lognormal_logp_numpy,
     masked_normal_logp,
@@ -258,9 +260,11 @@ def test_invariance_options_add_community_deviations_except_anchor():
 
 def test_tiny_draw_wiring(tmp_path):
     spec = L.parse_latent_spec(SMALL_SPEC)
-    result = L.fit_latent_spec(
-        _Survey(small_frame()), spec, tmp_path, seed=5, allow_unconverged=True
-    )
+    # the parameters outside the gate that miss the thresholds are named, not hidden
+    with pytest.warns(UserWarning, match=r"other parameter check\(s\) miss the thresholds: "):
+        result = L.fit_latent_spec(
+            _Survey(small_frame()), spec, tmp_path, seed=5, allow_unconverged=True
+        )
     effects = pd.read_csv(tmp_path / "effects.csv")
     assert list(effects.columns[:12]) == [
         "dimension",
@@ -433,3 +437,39 @@ def test_direct_item_effect_on_unknown_column_names_it():
     spec = L.parse_latent_spec(_direct_spec(direct_a1=("nope",)), "direct.toml")
     with pytest.raises(SpecError, match=r"direct: column\(s\) nope not in the survey; allowed"):
         L.latent_design(_Survey(small_frame()), spec)
+
+
+def test_divided_by_models_the_household_total():
+    """An amount per employed member is modelled as the total: log y + log(share * size)."""
+    frame = pd.DataFrame(
+        {
+            "amount": [100.0, 0.0, 250.0, 80.0],
+            "share": [0.5, 0.0, 0.25, 1.0],
+            "size": [4, 3, 4, 2],
+        }
+    )
+    item = ItemSpec(
+        "amount", "hurdle_lognormal", "f", zero_model=False, divided_by=("share", "size")
+    )
+    data = prepare_items(frame, [item], ["f"]).hurdle
+    total = np.log([200.0, 250.0, 160.0])
+    np.testing.assert_allclose(data.center[0], total.mean())
+    np.testing.assert_allclose(data.log_value[[0, 2, 3], 0], (total - total.mean()) / total.std())
+    assert data.positive[:, 0].tolist() == [1, 0, 1, 1]
+    # a positive amount where the divisor is 0 cannot be a total divided by it
+    bad = frame.assign(share=[0.5, 0.0, 0.0, 1.0])
+    with pytest.raises(SurveyDataError, match=r"'amount': row 4 .* share, size is 0; allowed"):
+        prepare_items(bad, [item], ["f"])
+    with pytest.raises(SpecError, match="divided_by applies to hurdle_lognormal items only"):
+        ItemSpec("a", "ordinal", "f", levels=(1, 2), divided_by=("size",))
+
+
+def test_binomial_logit_logp_matches_scipy_and_skips_missing():
+    count = np.array([[0.0, 3.0], [5.0, 0.0]])
+    trials = np.array([[5.0, 9.0], [5.0, 0.0]])  # the last answer is missing: 0 of 0
+    logit = np.array([[-0.3, 1.2], [2.0, 0.7]])
+    data = BinomialData(items=[], count=count, trials=trials, mask=(trials > 0).astype(float))
+    got = binomial_logit_logp(count, logit, trials, data.log_coefficient).eval()
+    want = stats.binom.logpmf(count, trials, 1 / (1 + np.exp(-logit)))
+    np.testing.assert_allclose(got[trials > 0], want[trials > 0])
+    assert got[1, 1] == 0.0

@@ -50,6 +50,7 @@ from pari_bayes.measurement.items import (
     ITEM_KINDS,
     ItemData,
     ItemSpec,
+    binomial_logit_logp,
     masked_normal_logp,
     ordinal_logp,
     prepare_items,
@@ -161,11 +162,11 @@ def _where(source: str) -> str:
     return f"{source}: " if source else ""
 
 
-def _direct_columns(value: Any, where: str) -> tuple[str, ...]:
+def _column_list(value: Any, key: str, where: str) -> tuple[str, ...]:
     if isinstance(value, str) or not all(isinstance(v, str) for v in value):
         raise SpecError(
-            f"{where}: direct = {value!r}; allowed: a list of survey column names, "
-            'e.g. direct = ["income_scale"]'
+            f"{where}: {key} = {value!r}; allowed: a list of survey column names, "
+            f'e.g. {key} = ["household_size"]'
         )
     return tuple(dict.fromkeys(value))
 
@@ -218,6 +219,7 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
         "proportion",
         "zero_model",
         "direct",
+        "divided_by",
     }
     for k, entry in enumerate(items_raw):
         where = f"{w}[[items]] #{k + 1}"
@@ -248,7 +250,12 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
                 trials=entry.get("trials"),
                 proportion=bool(entry.get("proportion", False)),
                 zero_model=bool(entry.get("zero_model", True)),
-                direct=_direct_columns(entry.get("direct", []), f"{where} ({entry['name']})"),
+                direct=_column_list(
+                    entry.get("direct", []), "direct", f"{where} ({entry['name']})"
+                ),
+                divided_by=_column_list(
+                    entry.get("divided_by", []), "divided_by", f"{where} ({entry['name']})"
+                ),
             )
         )
     names = [it.name for it in items]
@@ -777,10 +784,13 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
             bd = data.binomial
             model.add_coord("binomial_indicator", [it.name for it in bd.items])
             intercept = pm.Normal("intercept", 0.0, pri["intercept_sd"], dims="binomial_indicator")
-            pm.Binomial(
+            pm.CustomDist(
                 "y_binomial",
-                n=pm.Data("binomial_trials", bd.trials),
-                logit_p=intercept[None, :] + item_linear(bd.items),
+                intercept[None, :] + item_linear(bd.items),
+                pm.Data("binomial_trials", bd.trials),
+                pm.Data("binomial_log_coefficient", bd.log_coefficient),
+                logp=binomial_logit_logp,
+                dtype=str(bd.count.dtype),
                 observed=pm.Data("binomial_count", bd.count),
                 dims=("household", "binomial_indicator"),
             )
@@ -842,6 +852,7 @@ def data_updates(items: ItemData) -> dict[str, np.ndarray]:
     if items.binomial is not None:
         out["binomial_trials"] = items.binomial.trials
         out["binomial_count"] = items.binomial.count
+        out["binomial_log_coefficient"] = items.binomial.log_coefficient
     if items.hurdle is not None:
         out["hurdle_positive_mask"] = (items.hurdle.positive * items.hurdle.mask).astype(float)
         out["hurdle_log_amount"] = items.hurdle.log_value
@@ -1260,6 +1271,23 @@ def fit_latent_spec(
             "Increase [sampler] draws/tune or target_accept in the spec, or pass "
             "--allow-unconverged to write the outputs marked as unconverged."
         )
+    if not spec.gate.get("parameters", 0.0):
+        # Not gated, but not hidden either: say which model parameters miss the thresholds.
+        weak = [
+            f.removeprefix("parameter ")
+            for f in _gate_failures(effects.iloc[0:0], diagnostics, {**spec.gate, "parameters": 1})
+            if f.startswith("parameter ")
+        ]
+        if weak:
+            warnings.warn(
+                f"latent model {spec.name!r}: the effects pass the convergence gate, but "
+                f"{len(weak)} other parameter check(s) miss the thresholds: "
+                + "; ".join(weak[:6])
+                + ("; ..." if len(weak) > 6 else "")
+                + ". The data identify these poorly (e.g. the disturbance correlations of a "
+                "weakly measured factor); do not interpret them. See diagnostics.csv.",
+                stacklevel=2,
+            )
     scores = factor_scores(idata, design, spec)
 
     # ---- InferenceData: log-likelihood per household, observed/constant data, scores

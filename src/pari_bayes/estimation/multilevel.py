@@ -517,6 +517,7 @@ class _Fitted:
     sample_stats: xr.Dataset
     sampling_time: float
     compile_time: float
+    per_outcome: tuple[float, ...] = ()  # sampling seconds of each univariate outcome
 
 
 def _fit_design(
@@ -567,7 +568,7 @@ def _fit_design(
     first = design.with_dimensions(design.dimensions[:1])
     if sampler is None:
         sampler = _Sampler(build_model(first, spec, multivariate=False), spec, seed)
-    posts, stats_list, total = [], [], 0.0
+    posts, stats_list, seconds = [], [], []
     for k, dim in enumerate(design.dimensions):
         post, stats, secs = sampler.sample(
             y=design.y[:, [k]],
@@ -577,10 +578,11 @@ def _fit_design(
         )
         posts.append(_rename_dim(post.drop_vars(dropped), dim))
         stats_list.append(stats.expand_dims(dimension=[dim]))
-        total += secs
+        seconds.append(secs)
     posterior = xr.concat(posts, dim="dimension")
     stats = xr.concat(stats_list, dim="dimension")
-    return _Fitted(posterior, stats, total, sampler.compile_time), sampler
+    fitted = _Fitted(posterior, stats, sum(seconds), sampler.compile_time, tuple(seconds))
+    return fitted, sampler
 
 
 def reduced_design(design: MultilevelDesign, drop: tuple[str, ...]) -> MultilevelDesign:
@@ -941,7 +943,11 @@ def fit_spec(
         sampling_time=fitted.sampling_time,
     )
     result = FitResult(spec=spec, design=design, idata=idata, effects=effects, diagnostics=diag)
-    result.timings = {"compile_s": fitted.compile_time, "sampling_s": fitted.sampling_time}
+    result.timings = {
+        "compile_s": fitted.compile_time,
+        "sampling_s": fitted.sampling_time,
+        "sampling_per_outcome_s": fitted.per_outcome,
+    }
     if compare and spec.loo_drop:
         reduced = replace(spec, terms=tuple(t for t in spec.terms if t not in spec.loo_drop))
         d2 = reduced_design(design, tuple(spec.loo_drop))

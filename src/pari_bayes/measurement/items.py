@@ -44,6 +44,7 @@ __all__ = [
     "prepare_items",
     "ordinal_logp",
     "masked_normal_logp",
+    "binomial_logit_logp",
     "ordinal_logp_numpy",
     "binomial_logp_numpy",
     "hurdle_lognormal_logp_numpy",
@@ -81,6 +82,12 @@ class ItemSpec:
         Survey columns with a direct effect on the item beyond the factor (MIMIC direct
         effects, i.e. differential item functioning by these covariates), on the scale of the
         item's linear predictor (ordinal latent response, binomial logit, log amount).
+    divided_by
+        ``hurdle_lognormal``: survey columns whose product divides a household total to give
+        the item (e.g. ``["human_capital", "household_size"]``, the employed members, for an
+        income per employed member). The item is modelled as the total, i.e. with the offset
+        ``-log(product)`` on the log amount; the offset has coefficient 1, so this is the
+        same likelihood up to a constant.
     """
 
     name: str
@@ -91,8 +98,14 @@ class ItemSpec:
     proportion: bool = False
     zero_model: bool = True
     direct: tuple[str, ...] = ()
+    divided_by: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.divided_by and self.kind != "hurdle_lognormal":
+            raise SpecError(
+                f"item {self.name!r}: divided_by applies to hurdle_lognormal items only "
+                f"(this item is {self.kind!r}); remove it or change the type."
+            )
         if self.kind not in ITEM_KINDS:
             raise SpecError(
                 f"item {self.name!r}: type {self.kind!r} is unknown; allowed: "
@@ -137,6 +150,17 @@ class BinomialData:
     count: np.ndarray  # (n, J)
     trials: np.ndarray  # (n, J)
     mask: np.ndarray  # (n, J)
+
+    @property
+    def log_coefficient(self) -> np.ndarray:
+        """``log C(trials, count)``, the parameter-free part of the log-likelihood."""
+        from scipy.special import gammaln
+
+        return (
+            gammaln(self.trials + 1)
+            - gammaln(self.count + 1)
+            - gammaln(self.trials - self.count + 1)
+        )
 
 
 @dataclass
@@ -313,6 +337,8 @@ def prepare_items(
                     "allowed: a number of at least 0"
                 )
             positive = answered & (np.nan_to_num(values) > 0)
+            if it.divided_by:
+                values = values * _divisor(frame, it, positive)
             if positive.sum() < 2:
                 raise SurveyDataError(
                     f"item {it.name!r}: fewer than two positive values; a hurdle-lognormal "
@@ -367,14 +393,35 @@ def ordinal_logp(category, linear, lower_cut, upper_cut, mask):
     Returns
     -------
     TensorVariable
-        ``log P(y = k) = log(logistic(tau_k - x) - logistic(tau_{k-1} - x))``, computed as
-        ``log_sigmoid(b) + log_sigmoid(-a) + log1mexp(a - b)`` (stable for every k).
+        ``log P(y = k) = log(logistic(b) - logistic(a))`` with ``b = tau_k - x`` and
+        ``a = tau_{k-1} - x``, computed as
+        ``-log1p(exp(-b)) - log1p(exp(a)) + log1p(-exp(a) exp(-b))``: exact, and with two
+        exponentials per answer, which the gradient reuses (this is the most expensive term
+        of the latent model's gradient). Finite for |a|, |b| < 700; the padded outer
+        cutpoints (+-1000) give exp(-1000 - x) = 0, i.e. the one-sided terms.
     """
     import pytensor.tensor as pt
 
-    upper = upper_cut - linear
-    lower = lower_cut - linear
-    return mask * (-pt.softplus(-upper) - pt.softplus(lower) + pt.log1mexp(lower - upper))
+    exp_minus_upper = pt.exp(linear - upper_cut)
+    exp_lower = pt.exp(lower_cut - linear)
+    return mask * (
+        -pt.log1p(exp_minus_upper)
+        - pt.log1p(exp_lower)
+        + pt.log1p(-exp_lower * exp_minus_upper)
+    )
+
+
+def binomial_logit_logp(count, logit_p, trials, log_coefficient):
+    """Binomial log-probability on the logit scale, elementwise (PyTensor).
+
+    ``log C(n, k) + k x - n softplus(x)``, with the log binomial coefficient passed as data:
+    it does not depend on the parameters, and computing it from mutable data would cost
+    three log-gamma evaluations per answer and gradient. Missing answers are 0 of 0 trials
+    with coefficient 0, so they contribute 0.
+    """
+    import pytensor.tensor as pt
+
+    return log_coefficient + count * logit_p - trials * pt.softplus(logit_p)
 
 
 def masked_normal_logp(value, mu, sigma, mask):
@@ -413,6 +460,22 @@ def binomial_logp_numpy(count: np.ndarray, trials: np.ndarray, logit_p: np.ndarr
         + count * _log_sigmoid(logit_p)
         + (trials - count) * _log_sigmoid(-logit_p)
     )
+
+
+def _divisor(frame: pd.DataFrame, item: ItemSpec, positive: np.ndarray) -> np.ndarray:
+    """Return the product of an item's ``divided_by`` columns (positive where the item is)."""
+    product = np.ones(len(frame))
+    for col in item.divided_by:
+        product = product * _column(frame, col, item.name)
+    bad = positive & ~(np.nan_to_num(product, nan=-1.0) > 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise SurveyDataError(
+            f"item {item.name!r}: row {row + 2} has a positive amount but the product of "
+            f"divided_by columns {', '.join(item.divided_by)} is {product[row]:g}; allowed: "
+            "a positive product wherever the amount is positive"
+        )
+    return product
 
 
 def hurdle_lognormal_logp_numpy(

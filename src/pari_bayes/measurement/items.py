@@ -405,9 +405,7 @@ def ordinal_logp(category, linear, lower_cut, upper_cut, mask):
     exp_minus_upper = pt.exp(linear - upper_cut)
     exp_lower = pt.exp(lower_cut - linear)
     return mask * (
-        -pt.log1p(exp_minus_upper)
-        - pt.log1p(exp_lower)
-        + pt.log1p(-exp_lower * exp_minus_upper)
+        -pt.log1p(exp_minus_upper) - pt.log1p(exp_lower) + pt.log1p(-exp_lower * exp_minus_upper)
     )
 
 

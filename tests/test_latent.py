@@ -289,7 +289,10 @@ def test_tiny_draw_wiring(tmp_path):
         assert mean[(dim, "TE")] == pytest.approx(mean[(dim, "DE")] + mean[(dim, "IE")], abs=1e-4)
     scores = pd.read_csv(tmp_path / "factor_scores.csv")
     assert len(scores) == 2 * 40 and (scores["sd"] > 0).all()
-    assert (tmp_path / "diagnostics.csv").exists()
+    diag = pd.read_csv(tmp_path / "diagnostics.csv").set_index("parameter")
+    info = diag.loc[["measurement_information.f1", "measurement_information.f2"], "value"]
+    assert info.notna().all() and (info <= 1).all()
+    assert effects["measurement_information"].notna().all()
     import arviz as az
 
     idata = az.from_netcdf(tmp_path / "posterior.nc")
@@ -323,6 +326,9 @@ def test_recovery_default_size():
     params = default_params()
     for dim in params["structural"].values():
         dim["gamma"] = 0.0  # no unobserved confounding: DE is identified
+    # the shipped spec models employment income per employed member (divided_by), as the
+    # bundled survey's generator draws it
+    params["items"]["per_capita_employment_income"]["per_employed"] = True
     sim = simulate_survey(287, params=params, seed=11)
     survey = validate_frame(sim.data, load_registry(), load_codebook())
     spec = L.load_latent_spec(MODELS_DIR / "latent.toml")
@@ -473,3 +479,32 @@ def test_binomial_logit_logp_matches_scipy_and_skips_missing():
     want = stats.binom.logpmf(count, trials, 1 / (1 + np.exp(-logit)))
     np.testing.assert_allclose(got[trials > 0], want[trials > 0])
     assert got[1, 1] == 0.0
+
+
+def test_invariance_comparison_writes_loo_with_fit_diagnostics(tmp_path):
+    """compare_invariance refits the variant and ranks both by LOO, with their diagnostics."""
+    spec = L.parse_latent_spec(
+        {**SMALL_SPEC, "measurement": {"compare_invariance": ["thresholds_by_community"]}}
+    )
+    with pytest.warns(UserWarning):
+        L.fit_latent_spec(_Survey(small_frame()), spec, tmp_path, seed=5, allow_unconverged=True)
+    loo = pd.read_csv(tmp_path / "loo.csv")
+    assert sorted(loo["invariance"]) == ["full", "thresholds_by_community"]
+    assert {"elpd_loo", "elpd_diff", "dse", "divergences", "max_r_hat_effects"} <= set(loo)
+    assert loo.loc[loo["rank"] == 0, "elpd_diff"].item() == 0.0
+    assert (loo["max_r_hat_effects"] > 1.0).all()  # 20 draws: far from converged, and shown
+
+
+def test_measurement_information_is_one_minus_posterior_variance():
+    import arviz as az
+
+    rng = np.random.default_rng(0)
+    eta = np.stack(
+        [rng.normal(0, 0.5, (4, 500, 30)), rng.normal(0, 1.0, (4, 500, 30))], axis=-1
+    )  # f1: items pin households down (var 0.25); f2: prior variance 1, no information
+    idata = az.from_dict(posterior={"eta": eta}, dims={"eta": ["household", "dimension"]})
+    spec = L.parse_latent_spec(SMALL_SPEC)
+    info = L.measurement_information(idata, spec)
+    assert list(info.index) == ["f1", "f2"]
+    assert info["f1"] == pytest.approx(0.75, abs=0.02)
+    assert abs(info["f2"]) < 0.03 and info["f2"] < L.WEAK_MEASUREMENT

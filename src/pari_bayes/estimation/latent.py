@@ -1052,6 +1052,24 @@ def factor_scores(idata, design: LatentDesign, spec: LatentSpec) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True)
 
 
+#: Below this share of a factor's household-level variance explained by its items, the
+#: factor's scale (and so any effect in its sd units) rests on the loading prior.
+WEAK_MEASUREMENT = 0.2
+
+
+def measurement_information(idata, spec: LatentSpec) -> pd.Series:
+    """Share of each factor's household-level variance that the items pin down.
+
+    ``1 - mean_i Var(eta[i, d] | data)``: the disturbance has variance 1 a priori, so this
+    is about 1 when the items determine every household's factor value, and 0 (or a little
+    below, from the structural parameters' own uncertainty) when they add nothing to the
+    structural part. A factor measured this weakly has a scale that only the loading prior
+    fixes: its effects in sd units are then not identified by the data.
+    """
+    var = idata.posterior["eta"].var(("chain", "draw")).mean("household").to_numpy()
+    return pd.Series(1.0 - var, index=list(spec.factors), name="measurement_information")
+
+
 _GATED = (
     "direct_effect",
     "spillover_effect",
@@ -1288,6 +1306,32 @@ def fit_latent_spec(
                 "weakly measured factor); do not interpret them. See diagnostics.csv.",
                 stacklevel=2,
             )
+    information = measurement_information(idata, spec)
+    diagnostics = pd.concat(
+        [
+            diagnostics,
+            pd.DataFrame(
+                {
+                    "parameter": [f"measurement_information.{d}" for d in information.index],
+                    "value": information.to_numpy(),
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    # beside every effect row: how far the data fix the scale of the effect's factor
+    effects = effects.assign(measurement_information=effects["dimension"].map(information))
+    weak_factors = information[information < WEAK_MEASUREMENT]
+    if len(weak_factors):
+        warnings.warn(
+            f"latent model {spec.name!r}: the items carry almost no information on the "
+            "households' values of "
+            + ", ".join(f"{d} ({v:.2f})" for d, v in weak_factors.items())
+            + f" (share of the household-level variance pinned down; below {WEAK_MEASUREMENT}"
+            "). Such a factor's scale rests on the loading prior, so its effects in sd units "
+            "are NOT identified by the data: read their signs only, or add indicators of it.",
+            stacklevel=2,
+        )
     scores = factor_scores(idata, design, spec)
 
     # ---- InferenceData: log-likelihood per household, observed/constant data, scores
@@ -1321,6 +1365,7 @@ def fit_latent_spec(
             "mean": idata.posterior["eta"].mean(("chain", "draw")),
             "sd": idata.posterior["eta"].std(("chain", "draw")),
             "loading_mean": loadings.mean(("chain", "draw")),
+            "measurement_information": ("dimension", information.to_numpy()),
             "indicator_dimension": ("indicator", [it.factor for it in spec.items]),
             "community_of_household": (
                 "household",
@@ -1404,7 +1449,30 @@ def _compare_invariance(idata, design: LatentDesign, spec: LatentSpec, seed: int
         warnings.simplefilter("ignore")
         table = az.compare(fits, ic="loo")
     table = table.reset_index().rename(columns={"index": "invariance"})
-    return table[["invariance", "rank", "elpd_loo", "p_loo", "elpd_diff", "se", "dse", "weight"]]
+    # a LOO comparison is only as good as the fits behind it: show their convergence too
+    table["divergences"] = [
+        int(fits[k].sample_stats["diverging"].sum()) for k in table["invariance"]
+    ]
+    table["max_r_hat_effects"] = [
+        float(latent_effects(fits[k], design, spec, seed=seed)["r_hat"].max())
+        for k in table["invariance"]
+    ]
+    table["pareto_k_warning"] = table["warning"].astype(bool)
+    return table[
+        [
+            "invariance",
+            "rank",
+            "elpd_loo",
+            "p_loo",
+            "elpd_diff",
+            "se",
+            "dse",
+            "weight",
+            "pareto_k_warning",
+            "divergences",
+            "max_r_hat_effects",
+        ]
+    ]
 
 
 def spec_as_dict(spec: LatentSpec) -> dict[str, Any]:

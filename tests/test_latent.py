@@ -315,9 +315,21 @@ def test_gate_failure_raises_convergence_error(tmp_path):
 # ---------------------------------------------------------------- slow checks
 
 
+LATENT_RECOVERY_REPLICATES = 4
+
+
 @pytest.mark.slow
 def test_recovery_default_size():
-    """90% intervals cover the true loadings and DE/IE on a survey simulated by the generator."""
+    """90% intervals cover the true loadings and DE/IE at about the nominal rate.
+
+    Four surveys of the default size (287 households, 4 communities) simulated by the
+    generator with known loadings and effects, no unobserved confounding. One survey alone
+    cannot hold "every interval covers" (eight 90% intervals all cover ~43% of the time),
+    so coverage is pooled over the replicates: at least 38 of 48 loading intervals (12 per
+    survey, the hurdle item's loading is on another scale) and 24 of 32 effect intervals.
+    For calibrated 90% intervals each bound fails with probability < 1% (independent
+    intervals; those within a survey are positively correlated, which widens the spread).
+    """
     from pari_bayes.codebook import load_codebook
     from pari_bayes.registry import load_registry
     from pari_bayes.simulate import default_params, simulate_survey
@@ -329,30 +341,36 @@ def test_recovery_default_size():
     # the shipped spec models employment income per employed member (divided_by), as the
     # bundled survey's generator draws it
     params["items"]["per_capita_employment_income"]["per_employed"] = True
-    sim = simulate_survey(287, params=params, seed=11)
-    survey = validate_frame(sim.data, load_registry(), load_codebook())
     spec = L.load_latent_spec(MODELS_DIR / "latent.toml")
-    design = L.latent_design(
-        survey, spec, adjustment={d: L.FALLBACK_COVARIATES for d in spec.factors}
-    )
-    model = L.build_latent_model(design, spec)
-    idata, _ = L.sample_latent(model, spec.sampler, seed=3)
-    misses = []
-    for j, it in enumerate(spec.items):
-        if it.kind == "hurdle_lognormal":
-            continue  # standardized log scale; the truth is on the raw log scale
-        draws = idata.posterior["loading"].to_numpy()[..., j].ravel()
-        lo, hi = np.quantile(draws, [0.05, 0.95])
-        if not lo <= sim.params["items"][it.name]["loading"] <= hi:
-            misses.append(it.name)
-    assert len(misses) <= 2, misses  # 12 intervals at 90%: a few misses are expected
-    effects = L.latent_effects(idata, design, spec)
-    obs = effects[(effects["scope"] == "observed") & effects["estimand"].isin(["DE", "IE"])]
-    covered = [
-        row.q05 <= sim.truth["effects_latent"][row.dimension][row.estimand] <= row.q95
-        for row in obs.itertuples()
-    ]
-    assert sum(covered) >= 6, obs
+    loading_hits, effect_hits, lines = [], [], []
+    for seed in range(11, 11 + LATENT_RECOVERY_REPLICATES):
+        sim = simulate_survey(287, params=params, seed=seed)
+        survey = validate_frame(sim.data, load_registry(), load_codebook())
+        design = L.latent_design(
+            survey, spec, adjustment={d: L.FALLBACK_COVARIATES for d in spec.factors}
+        )
+        idata, _ = L.sample_latent(L.build_latent_model(design, spec), spec.sampler, seed=3)
+        for j, it in enumerate(spec.items):
+            if it.kind == "hurdle_lognormal":
+                continue  # standardized log scale; the truth is on the raw log scale
+            draws = idata.posterior["loading"].to_numpy()[..., j].ravel()
+            lo, hi = np.quantile(draws, [0.05, 0.95])
+            truth = sim.params["items"][it.name]["loading"]
+            loading_hits.append(lo <= truth <= hi)
+            lines.append(f"seed {seed} loading {it.name}: {truth} in [{lo:.3f}, {hi:.3f}]")
+        effects = L.latent_effects(idata, design, spec)
+        obs = effects[(effects["scope"] == "observed") & effects["estimand"].isin(["DE", "IE"])]
+        for row in obs.itertuples():
+            truth = sim.truth["effects_latent"][row.dimension][row.estimand]
+            effect_hits.append(row.q05 <= truth <= row.q95)
+            lines.append(
+                f"seed {seed} {row.dimension} {row.estimand}: {truth} in "
+                f"[{row.q05:.3f}, {row.q95:.3f}]"
+            )
+    report = "\n".join(lines)
+    assert len(loading_hits) == 12 * LATENT_RECOVERY_REPLICATES
+    assert sum(loading_hits) >= 38, report
+    assert sum(effect_hits) >= 24, report
 
 
 @pytest.mark.slow

@@ -94,6 +94,10 @@ def test_quick_run_writes_every_output(quick_run: Path) -> None:
     gate = pd.read_csv(quick_run / "gate.csv")
     # Tiny draws cannot pass the gate; a quick run must say so rather than hide it.
     assert not gate["passed"].all()
+    # the fits' own warnings travel from the worker processes into gate.csv and the report
+    latent_warnings = gate.set_index("model").loc["latent", "warnings"]
+    assert "miss the thresholds" in latent_warnings
+    assert "Warnings from the fits" in (quick_run / "report.html").read_text()
     meta = json.loads((quick_run / "run.json").read_text())
     assert meta["quick"] is True and meta["gate_passed"] is False
 

@@ -122,6 +122,16 @@ def _gate_section(run_dir: Path) -> str:
             f'<p class="fail"><b>Convergence gate: FAILED</b> for {_esc(names)}. Their numbers '
             "are marked UNCONVERGED and must not be reported.</p>"
         )
+    notes = [
+        f"{row['model']}: {text}"
+        for _, row in gate.iterrows()
+        for text in str(row.get("warnings", "")).split(" | ")
+        if text.strip()
+    ]
+    if notes:
+        banner += "<p><b>Warnings from the fits</b> (read before the effects):</p>" + _list_items(
+            notes
+        )
     return banner + csv_table(run_dir, "gate.csv")
 
 

@@ -100,6 +100,10 @@ def test_quick_run_writes_every_output(quick_run: Path) -> None:
     assert "Warnings from the fits" in (quick_run / "report.html").read_text()
     meta = json.loads((quick_run / "run.json").read_text())
     assert meta["quick"] is True and meta["gate_passed"] is False
+    # provenance: the versions that produced the numbers and the lock they came from
+    env = meta["environment"]
+    assert env["packages"]["pymc"].startswith("5.") and env["packages"]["nutpie"]
+    assert len(env["requirements_lock_sha256"]) == 64
 
 
 class _ReportParser(HTMLParser):

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -286,6 +287,7 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         "timings_s": result.timings,
         "gate_passed": result.gate_passed,
         "plain_summary": plain_summary(survey, result, table4),
+        "environment": environment(),
     }
     atomic_write_text(directory / "run.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if "report" in steps:
@@ -396,6 +398,46 @@ def _forest_plot(effects: pd.DataFrame, path: Path) -> None:
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+#: Packages whose versions change the numbers of a run.
+_PROVENANCE_PACKAGES = (
+    "numpy",
+    "scipy",
+    "pandas",
+    "pymc",
+    "pytensor",
+    "nutpie",
+    "numba",
+    "arviz",
+    "bambi",
+    "dowhy",
+    "statsmodels",
+)
+
+
+def environment() -> dict[str, Any]:
+    """Return the Python and package versions of this run, and the lock file's hash."""
+    import hashlib
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from pari_bayes._paths import PROJECT_ROOT
+
+    versions = {}
+    for name in _PROVENANCE_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    lock = PROJECT_ROOT / "requirements.lock"
+    return {
+        "python": platform.python_version(),
+        "packages": versions,
+        "requirements_lock_sha256": (
+            hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None
+        ),
+    }
 
 
 def plain_summary(survey: Survey, result: RunResult, table4) -> list[str]:

@@ -774,7 +774,10 @@ class FitResult:
 def _prior_groups(model, spec: ModelSpec, seed: int) -> tuple[xr.Dataset, xr.Dataset]:
     import pymc as pm
 
-    with model:
+    with model, warnings.catch_warnings():
+        # The multivariate likelihood is the only Potential; it constrains no parameter a
+        # priori, and its prior predictive is drawn separately (see fit_spec).
+        warnings.filterwarnings("ignore", message="The effect of Potentials on other parameters")
         prior = pm.sample_prior_predictive(draws=spec.sampler.prior_draws, random_seed=seed)
     keep = [v for v in prior.prior.data_vars if v in GATED_VARIABLES]
     pred = prior.prior_predictive if "prior_predictive" in prior.groups() else None

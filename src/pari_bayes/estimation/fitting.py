@@ -151,12 +151,14 @@ def fit_spec_file(
             allow_unconverged=allow_unconverged,
             quick=quick,
         )
-    ours = []
-    for w in caught:
+    ours, seen = [], set()
+    for w in caught:  # each distinct warning once, as the default filter would show it
+        if (w.category, str(w.message)) in seen:
+            continue
+        seen.add((w.category, str(w.message)))
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        text = str(w.message)
-        if "pari_bayes" in str(w.filename) and text not in ours:
-            ours.append(text)
+        if "pari_bayes" in str(w.filename):
+            ours.append(str(w.message))
     gate = gate_summary(result)
     gate["warnings"] = " | ".join(ours)
     return SpecFit(result=result, gate=gate)

@@ -1142,6 +1142,22 @@ def latent_diagnostics(idata, timing: Mapping[str, float]) -> pd.DataFrame:
     return pd.concat([table, run_rows], ignore_index=True)
 
 
+def _threshold_failures(frame: pd.DataFrame, label: str, gate: Mapping[str, float]) -> list[str]:
+    """Rows of ``frame`` (with ``parameter``, ``r_hat``, ``ess_*``) that miss the gate."""
+    failures = []
+    for _, row in frame[frame["r_hat"] > gate["r_hat"]].iterrows():
+        failures.append(f"{label} {row['parameter']}: R-hat {row['r_hat']:.3f} > {gate['r_hat']}")
+    for col in ("ess_bulk", "ess_tail"):
+        for _, row in frame[frame[col] < gate[col]].iterrows():
+            failures.append(f"{label} {row['parameter']}: {col} {row[col]:.0f} < {gate[col]:.0f}")
+    return failures
+
+
+def _model_parameters(diag: pd.DataFrame) -> pd.DataFrame:
+    """Return the per-parameter rows of ``latent_diagnostics`` (no run or summary rows)."""
+    return diag[~diag["parameter"].str.startswith(("run.", "factor_scores."))]
+
+
 def _gate_failures(
     effects: pd.DataFrame, diag: pd.DataFrame, gate: Mapping[str, float]
 ) -> list[str]:
@@ -1149,36 +1165,18 @@ def _gate_failures(
     div = diag.loc[diag["parameter"] == "run.divergences", "value"]
     if len(div) and div.iloc[0] > 0:
         failures.append(f"{int(div.iloc[0])} divergent transitions")
-    params = diag[~diag["parameter"].str.startswith(("run.", "factor_scores."))]
-    if not gate.get("parameters", 0.0):
-        params = params.iloc[0:0]
-    checks = [
-        (
-            effects.assign(
-                parameter=effects["dimension"]
-                + ":"
-                + effects["estimand"]
-                + ":"
-                + effects["scope"]
-                + ":"
-                + effects["alpha"].astype(str)
-            ),
-            "effect",
-        ),
-        (params, "parameter"),
-    ]
-    for frame, label in checks:
-        bad_r = frame[frame["r_hat"] > gate["r_hat"]]
-        for _, row in bad_r.iterrows():
-            failures.append(
-                f"{label} {row['parameter']}: R-hat {row['r_hat']:.3f} > {gate['r_hat']}"
-            )
-        for col in ("ess_bulk", "ess_tail"):
-            bad = frame[frame[col] < gate[col]]
-            for _, row in bad.iterrows():
-                failures.append(
-                    f"{label} {row['parameter']}: {col} {row[col]:.0f} < {gate[col]:.0f}"
-                )
+    labelled = effects.assign(
+        parameter=effects["dimension"]
+        + ":"
+        + effects["estimand"]
+        + ":"
+        + effects["scope"]
+        + ":"
+        + effects["alpha"].astype(str)
+    )
+    failures += _threshold_failures(labelled, "effect", gate)
+    if gate.get("parameters", 0.0):
+        failures += _threshold_failures(_model_parameters(diag), "parameter", gate)
     return failures
 
 
@@ -1293,8 +1291,7 @@ def fit_latent_spec(
         # Not gated, but not hidden either: say which model parameters miss the thresholds.
         weak = [
             f.removeprefix("parameter ")
-            for f in _gate_failures(effects.iloc[0:0], diagnostics, {**spec.gate, "parameters": 1})
-            if f.startswith("parameter ")
+            for f in _threshold_failures(_model_parameters(diagnostics), "parameter", spec.gate)
         ]
         if weak:
             warnings.warn(
@@ -1386,7 +1383,7 @@ def fit_latent_spec(
         idata.add_groups(new_groups)
     loo_table = None
     if spec.compare_invariance:
-        loo_table = _compare_invariance(idata, design, spec, seed)
+        loo_table = _compare_invariance(idata, effects, design, spec, seed)
     provenance = {
         "model": spec.name,
         "kind": "latent",
@@ -1433,11 +1430,14 @@ def fit_latent_spec(
     )
 
 
-def _compare_invariance(idata, design: LatentDesign, spec: LatentSpec, seed: int) -> pd.DataFrame:
+def _compare_invariance(
+    idata, effects: pd.DataFrame, design: LatentDesign, spec: LatentSpec, seed: int
+) -> pd.DataFrame:
     """LOO comparison of the fitted invariance option against the variants in the spec."""
     import arviz as az
 
     fits = {spec.invariance: idata}
+    max_r_hat = {spec.invariance: float(effects["r_hat"].max())}
     for option in spec.compare_invariance:
         if option in fits:
             continue
@@ -1445,6 +1445,7 @@ def _compare_invariance(idata, design: LatentDesign, spec: LatentSpec, seed: int
         other, _ = sample_latent(model, spec.sampler, seed)
         other.add_groups({"log_likelihood": _household_log_likelihood(other, model, design)})
         fits[option] = other
+        max_r_hat[option] = float(latent_effects(other, design, spec, seed=seed)["r_hat"].max())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = az.compare(fits, ic="loo")
@@ -1453,10 +1454,7 @@ def _compare_invariance(idata, design: LatentDesign, spec: LatentSpec, seed: int
     table["divergences"] = [
         int(fits[k].sample_stats["diverging"].sum()) for k in table["invariance"]
     ]
-    table["max_r_hat_effects"] = [
-        float(latent_effects(fits[k], design, spec, seed=seed)["r_hat"].max())
-        for k in table["invariance"]
-    ]
+    table["max_r_hat_effects"] = table["invariance"].map(max_r_hat)
     table["pareto_k_warning"] = table["warning"].astype(bool)
     return table[
         [

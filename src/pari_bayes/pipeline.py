@@ -28,7 +28,6 @@ import pandas as pd
 
 from pari_bayes import __version__
 from pari_bayes._paths import DEFAULT_SURVEY, MODELS_DIR
-from pari_bayes.errors import ConvergenceError
 from pari_bayes.io import atomic_write_text, write_csv
 from pari_bayes.survey import EXPOSURE_GROUPS, Survey
 
@@ -48,9 +47,14 @@ class RunOptions:
         One seed for every random step.
     models
         Spec files (paths) to fit; the shipped specs by default.
+    dag
+        The causal graph (DOT); ``models/dag.dot`` by default. It is identified once and
+        the result is handed to every estimator, so its adjustment sets are the covariates
+        of every Bayesian fit and of the adjusted OLS.
     allow_unconverged
-        Write outputs of models that fail the convergence gate (marked UNCONVERGED)
-        instead of stopping the run.
+        Publish the effect rows of models that fail the convergence gate on every rung of
+        the escalation ladder (marked UNCONVERGED); without it their diagnostics are
+        published and their effect rows are not.
     quick
         Tiny MCMC runs for wiring checks (implies allow_unconverged; every output is marked).
     progress
@@ -64,6 +68,7 @@ class RunOptions:
 
     seed: int = 20240611
     models: Sequence[Path] | None = None
+    dag: Path | None = None
     allow_unconverged: bool = False
     quick: bool = False
     progress: bool = True
@@ -79,6 +84,7 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     gate: pd.DataFrame | None = None
     effects: pd.DataFrame | None = None
+    failures: list[str] = field(default_factory=list)
 
     @property
     def gate_passed(self) -> bool:
@@ -154,9 +160,16 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
 
     Raises
     ------
-    ConvergenceError
-        If a model fails the gate and ``allow_unconverged`` is false (after every other
-        output was written, so the caller can decide whether to keep them).
+    SpecError
+        If a model spec is broken (before anything is fitted).
+
+    Notes
+    -----
+    A model that misses the convergence gate never stops the run: it is refitted on the
+    escalation ladder (:data:`pari_bayes.estimation.fitting.ESCALATION`); if it still
+    fails, its diagnostics are published, its effect rows are not (unless
+    ``allow_unconverged``), every other step is published normally, and
+    :attr:`RunResult.gate_passed` is false (the CLI exits 3).
     """
     options = options or RunOptions()
     directory = Path(directory)
@@ -173,10 +186,34 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
     table4 = None
     ipw_effects = None
 
-    def _step_dir(result: RunResult, name: str, writer: Callable[..., object]) -> object:
-        """Run ``writer(survey, directory / name, seed=...)`` into a new folder, timed."""
+    def _step_dir(
+        result: RunResult, name: str, writer: Callable[..., object], **kwargs: Any
+    ) -> object:
+        """Run ``writer(survey, directory / name, seed=..., **kwargs)`` into a new folder."""
         (directory / name).mkdir()
-        return _timed(result, name, lambda: writer(survey, directory / name, seed=options.seed))
+        return _timed(
+            result,
+            name,
+            lambda: writer(survey, directory / name, seed=options.seed, **kwargs),
+        )
+
+    # Every spec is read before anything runs: a broken file fails here, naming the file
+    # and key, not later inside a worker process.
+    from pari_bayes.estimation.spec import load_spec
+
+    specs = list(options.models) if options.models is not None else default_model_specs()
+    parsed = {Path(p): load_spec(p) for p in specs} if "fit" in steps else {}
+    # One identification, on the run's DAG, handed to every estimator.
+    identification = None
+    if steps & {"fit", "ols", "identification"}:
+        from pari_bayes.identification.identify import identify
+
+        progress.step(f"identifying the estimands on {options.dag or 'models/dag.dot'}")
+        identification = _timed(
+            result,
+            "identification_sets",
+            lambda: identify(survey, dag=options.dag, seed=options.seed, refute=False),
+        )
 
     def other_steps() -> None:
         """Every step but the Bayesian fits (main process, while workers fit)."""
@@ -193,12 +230,12 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             progress.step("paper baseline: PCA scores and OLS Table 4")
             from pari_bayes.estimation.ols import write_ols
 
-            table4 = _step_dir(result, "ols", write_ols)
+            table4 = _step_dir(result, "ols", write_ols, identification=identification)
         if "identification" in steps:
             progress.step("identification (DoWhy)")
             from pari_bayes.identification import write_identification
 
-            _step_dir(result, "identification", write_identification)
+            _step_dir(result, "identification", write_identification, dag=options.dag)
         if "ipw" in steps:
             progress.step("design-based IPW under partial interference")
             from pari_bayes.estimation.ipw import write_ipw_survey
@@ -214,18 +251,18 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
     if "fit" in steps:
         from pari_bayes.workers import FitJob
 
-        specs = list(options.models) if options.models is not None else default_model_specs()
         (directory / "fit").mkdir()
-        for spec_path in specs:
-            name = Path(spec_path).stem
+        for spec_path, spec in parsed.items():
+            name = spec_path.stem
             target = directory / "fit" / name
             target.mkdir()
-            jobs.append(FitJob(name, Path(spec_path), target, _spec_cost(spec_path)))
+            jobs.append(FitJob(name, spec_path, target, _spec_cost(spec)))
     fit_options = {
         "seed": options.seed,
-        "allow_unconverged": True,  # the gate is applied below, after all fits
+        "allow_unconverged": options.allow_unconverged,
         "quick": options.quick,
         "progress": options.progress,
+        "identification": identification,
     }
     start = time.perf_counter()
     if jobs and options.workers > 1:
@@ -241,16 +278,13 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             result.timings[f"fit:{job.name}"] = round(seconds, 2)
     else:
         other_steps()
-        from pari_bayes.estimation.fitting import fit_spec_file
+
+        from pari_bayes.workers import fit_job_safely
 
         for job in jobs:
             progress.step(f"Bayesian model {job.name}")
-            fit = _timed(
-                result,
-                f"fit:{job.name}",
-                lambda job=job: fit_spec_file(survey, job.spec_path, job.target, **fit_options),
-            )
-            gates[job.name] = fit.gate
+            gates[job.name], seconds = fit_job_safely(job, survey, fit_options)
+            result.timings[f"fit:{job.name}"] = round(seconds, 2)
     if jobs:
         result.timings["fit_wall"] = round(time.perf_counter() - start, 2)
 
@@ -261,9 +295,10 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         gate_rows.append({"model": job.name, **gate})
         if not gate["passed"]:
             failures.append(f"{job.name}: {gate.get('reason', 'failed')}")
-        eff = pd.read_csv(job.target / "effects.csv")
-        eff.insert(0, "method", f"bayes:{job.name}")
-        method_effects.append(eff)
+        if (job.target / "effects.csv").exists():
+            eff = pd.read_csv(job.target / "effects.csv")
+            eff.insert(0, "method", f"bayes:{job.name}")
+            method_effects.append(eff)
     if ipw_effects is not None:
         method_effects.append(ipw_effects)
 
@@ -295,28 +330,15 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         from pari_bayes.report import build_report
 
         build_report(directory)
-    if failures and not (options.allow_unconverged or options.quick):
-        raise ConvergenceError(
-            "convergence gate failed: "
-            + "; ".join(failures)
-            + ". Re-run with more draws (see the spec's [sampler]) or pass "
-            "--allow-unconverged to keep the outputs marked UNCONVERGED."
-        )
+    result.failures = failures
     return result
 
 
-def _spec_cost(spec_path: str | Path) -> float:
+def _spec_cost(spec: Any) -> float:
     """Relative cost of fitting a spec (its kind), for balancing worker processes."""
-    import tomllib
-
     from pari_bayes.workers import KIND_COST
 
-    try:
-        with open(spec_path, "rb") as handle:
-            kind = tomllib.load(handle).get("kind", "multilevel")
-    except (OSError, tomllib.TOMLDecodeError):
-        return 1.0  # the fit itself reports the problem, with the file and line
-    return KIND_COST.get(str(kind), 1.0)
+    return KIND_COST.get(str(spec.kind), 1.0)
 
 
 def _ols_effects(table4) -> pd.DataFrame:
@@ -345,6 +367,25 @@ def _ols_effects(table4) -> pd.DataFrame:
                     "method": method,
                     "dimension": row["dimension"],
                     "estimand": estimand,
+                    "alpha": np.nan,
+                    "scope": "observed",
+                    "mean": mean,
+                    "sd": se,
+                    "q05": mean - z * se,
+                    "q50": mean,
+                    "q95": mean + z * se,
+                }
+            )
+    adjusted = getattr(table4, "adjusted", None)
+    if adjusted is not None:
+        for _, row in adjusted.iterrows():
+            mean, se = float(row["coef"]), float(row["se_cr2"])
+            z = stats.t.ppf(0.95, float(row["df_cr2"]))
+            rows.append(
+                {
+                    "method": "ols_dag_cr2",
+                    "dimension": row["dimension"],
+                    "estimand": mapping[row["term"]],
                     "alpha": np.nan,
                     "scope": "observed",
                     "mean": mean,

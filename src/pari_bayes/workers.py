@@ -27,7 +27,7 @@ from typing import Any
 
 from pari_bayes.errors import EstimationError
 
-__all__ = ["FitJob", "plan_workers", "run_fit_jobs"]
+__all__ = ["FitJob", "plan_workers", "run_fit_jobs", "fit_job_safely"]
 
 _BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -65,15 +65,47 @@ def plan_workers(jobs: Sequence[FitJob], n_workers: int) -> list[list[FitJob]]:
     return [p for p in plan if p]
 
 
-def _worker(jobs: list[FitJob], survey: Any, options: dict[str, Any], results: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+def error_gate(name: str, exc: BaseException) -> dict[str, Any]:
+    """Return the gate row of a spec whose fit raised: failed, the error as its reason."""
+    return {
+        "passed": False,
+        "reason": f"{type(exc).__name__}: {exc}"[:500],
+        "rung": None,
+        "attempts": 0,
+        "effects_published": False,
+        "warnings": "",
+    }
+
+
+def fit_job_safely(
+    job: FitJob, survey: Any, options: dict[str, Any]
+) -> tuple[dict[str, Any], float]:
+    """Fit one job; an estimation error fails this spec only (its gate row says why).
+
+    Interrupts (KeyboardInterrupt, SystemExit) still stop the run.
+    """
+    from pari_bayes.errors import PariBayesError
     from pari_bayes.estimation.fitting import fit_spec_file
 
+    start = time.perf_counter()
+    try:
+        fit = fit_spec_file(survey, job.spec_path, job.target, **options)
+        gate = fit.gate
+    except (PariBayesError, ArithmeticError, ValueError, RuntimeError) as exc:
+        for child in job.target.iterdir():  # nothing half-written from the failed fit
+            if child.is_file():
+                child.unlink()
+        gate = error_gate(job.name, exc)
+        gate["traceback"] = traceback.format_exc()[-2000:]
+    return gate, time.perf_counter() - start
+
+
+def _worker(jobs: list[FitJob], survey: Any, options: dict[str, Any], results: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     for job in jobs:
         try:
-            start = time.perf_counter()
-            fit = fit_spec_file(survey, job.spec_path, job.target, **options)
-            results.put(("ok", job.name, fit.gate, time.perf_counter() - start))
+            gate, seconds = fit_job_safely(job, survey, options)
+            results.put(("ok", job.name, gate, seconds))
         except BaseException as exc:  # noqa: BLE001 - reported to the main process
             try:
                 results.put(("error", job.name, exc, traceback.format_exc()))

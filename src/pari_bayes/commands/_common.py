@@ -39,3 +39,16 @@ def add_seed_argument(parser: argparse.ArgumentParser, default: int = 20240611) 
     parser.add_argument(
         "--seed", type=int, default=default, help=f"random seed (default {default})"
     )
+
+
+def add_dag_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--dag``: the causal graph whose adjustment sets every estimator uses."""
+    from pari_bayes._paths import DEFAULT_DAG
+
+    parser.add_argument(
+        "--dag",
+        default=None,
+        metavar="FILE",
+        help=f"causal graph in DOT whose adjustment sets every estimator uses "
+        f"(default: {DEFAULT_DAG.relative_to(DEFAULT_DAG.parents[1])})",
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pari_bayes.commands._common import add_data_arguments, add_out_arguments
+from pari_bayes.commands._common import add_dag_argument, add_data_arguments, add_out_arguments
 
 NAME = "fit"
 HELP = "fit a Bayesian model spec (models/*.toml) and write posterior, effects, diagnostics"
@@ -17,14 +17,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_data_arguments(parser)
     add_out_arguments(parser)
+    add_dag_argument(parser)
+    parser.add_argument(
+        "--no-escalate",
+        action="store_true",
+        help="fit once with the spec's sampler settings (no refit on a stricter rung when "
+        "the convergence gate fails)",
+    )
     parser.add_argument(
         "--seed", type=int, default=None, help="random seed (default: the spec's sampler.seed)"
     )
     parser.add_argument(
         "--allow-unconverged",
         action="store_true",
-        help="write the outputs even if the convergence gate fails "
-        "(every file is marked UNCONVERGED)",
+        help="publish the effect rows even if the convergence gate still fails after the "
+        "escalation ladder (every file is marked UNCONVERGED); without it only the "
+        "diagnostics are published",
     )
     parser.add_argument(
         "--sampler", choices=("nutpie", "pymc"), default=None, help="override the spec's sampler"
@@ -46,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the survey and spec, fit, write through an atomic output folder."""
-    from pari_bayes.estimation.fitting import fit_model
+    from pari_bayes.estimation.fitting import fit_spec_file
     from pari_bayes.estimation.spec import load_spec
+    from pari_bayes.identification.identify import identify
     from pari_bayes.io import check_out_dir, output_dir
     from pari_bayes.survey import load_survey
 
@@ -56,20 +65,33 @@ def run(args: argparse.Namespace) -> int:
     )
     check_out_dir(args.out, force=args.force)
     survey = load_survey(args.data, communities=args.communities)
+    identification = identify(survey, dag=args.dag, refute=False)
     with output_dir(args.out, force=args.force) as tmp:
-        result = fit_model(
+        fit = fit_spec_file(
             survey,
             spec,
             tmp,
             seed=args.seed,
             allow_unconverged=args.allow_unconverged,
             quick=args.quick,
+            escalate=not args.no_escalate,
+            identification=identification,
         )
-    converged = bool(getattr(result, "converged", True))
-    status = "converged" if converged else "UNCONVERGED (convergence gate failed; outputs marked)"
+    result, gate = fit.result, fit.gate
+    converged = bool(gate["passed"])
+    if converged:
+        status = f"converged (rung {gate['rung']} of the escalation ladder)"
+    elif gate.get("effects_published"):
+        status = "UNCONVERGED (convergence gate failed; outputs marked)"
+    else:
+        status = (
+            "UNCONVERGED: convergence gate failed on every rung; diagnostics published, "
+            "effects withheld (--allow-unconverged publishes them marked)\n  "
+            + str(gate.get("reason", ""))
+        )
     print(f"{spec.name}: {status}; wrote {args.out}")
     effects = getattr(result, "effects", None)
-    if effects is not None and len(effects):
+    if effects is not None and len(effects) and gate.get("effects_published"):
         sub = effects[
             (effects["scope"] == "observed") & effects["estimand"].isin(["DE", "IE", "TE"])
         ]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pari_bayes.commands._common import add_data_arguments, add_seed_argument
+from pari_bayes.commands._common import add_dag_argument, add_data_arguments, add_seed_argument
 from pari_bayes.io import output_dir
 from pari_bayes.pipeline import RunOptions, run_pipeline
 from pari_bayes.privacy import hash_household_ids, new_salt
@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="replace the contents of a non-empty --out"
     )
     add_seed_argument(parser)
+    add_dag_argument(parser)
     parser.add_argument(
         "--model",
         action="append",
@@ -39,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-unconverged",
         action="store_true",
-        help="keep the outputs of models that fail the convergence gate (marked UNCONVERGED)",
+        help="publish the effect rows of models that still fail the convergence gate after "
+        "the escalation ladder (marked UNCONVERGED); without it only their diagnostics are "
+        "published",
     )
     parser.add_argument(
         "--quick",
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     options = RunOptions(
         seed=args.seed,
         models=[Path(m) for m in args.model] if args.model else None,
+        dag=Path(args.dag) if args.dag else None,
         allow_unconverged=args.allow_unconverged,
         quick=args.quick,
         progress=not args.quiet,
@@ -92,5 +96,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {report.resolve()}")
     else:
         print(f"results: {Path(args.out).resolve()}")
+    if result.failures and not args.quick:
+        print("convergence gate failed (other outputs were published):", file=sys.stderr)
+        for line in result.failures:
+            print(f"  - {line}", file=sys.stderr)
+        print(
+            "  try: more draws or a higher target_accept in the spec's [sampler]; see "
+            "fit/<model>/diagnostics.csv and worst_parameters.png",
+            file=sys.stderr,
+        )
     # A run that misses the gate (quick runs always do) says so in its exit status.
     return 0 if result.gate_passed else 3

@@ -396,13 +396,17 @@ class LatentDesign:
         return len(self.households)
 
 
-def _adjustment_sets(survey: Any, spec: LatentSpec) -> tuple[dict[str, tuple[str, ...]], str]:
-    """Covariates per factor, from the spec or the identification layer."""
+def _adjustment_sets(
+    survey: Any, spec: LatentSpec, identification: Any = None
+) -> tuple[dict[str, tuple[str, ...]], str]:
+    """Covariates per factor, from the spec or the identification result (the run's DAG)."""
     if spec.covariates is not None:
         return {f: spec.covariates for f in spec.factors}, "spec"
-    from pari_bayes.identification.identify import identify_cached
+    if identification is None:
+        from pari_bayes.identification.identify import identify
 
-    result = identify_cached(survey)
+        identification = identify(survey, refute=False)
+    result = identification
     sets = {}
     for f in spec.factors:
         chosen: list[str] = []
@@ -415,7 +419,10 @@ def _adjustment_sets(survey: Any, spec: LatentSpec) -> tuple[dict[str, tuple[str
 
 
 def latent_design(
-    survey: Any, spec: LatentSpec, adjustment: Mapping[str, Sequence[str]] | None = None
+    survey: Any,
+    spec: LatentSpec,
+    adjustment: Mapping[str, Sequence[str]] | None = None,
+    identification: Any = None,
 ) -> LatentDesign:
     """Build the design of a latent fit from a survey.
 
@@ -431,7 +438,7 @@ def latent_design(
     frame = survey.data
     source = "given"
     if adjustment is None:
-        adjustment, source = _adjustment_sets(survey, spec)
+        adjustment, source = _adjustment_sets(survey, spec, identification)
     for name in (spec.treatment, spec.presence, spec.group):
         if name not in frame.columns:
             raise SpecError(
@@ -1235,6 +1242,7 @@ def fit_latent_spec(
     directory: str | os.PathLike,
     seed: int = 20240611,
     allow_unconverged: bool = False,
+    identification: Any = None,
 ) -> LatentFitResult:
     """Fit a latent spec and write its outputs into an existing folder.
 
@@ -1252,6 +1260,9 @@ def fit_latent_spec(
     allow_unconverged
         Write the outputs even if the convergence gate fails (marked ``converged = false``
         in every file) instead of raising.
+    identification
+        Identification result supplying the adjustment sets (the run's DAG); ``None``
+        identifies on the bundled DAG unless the spec lists its covariates.
 
     Returns
     -------
@@ -1270,7 +1281,7 @@ def fit_latent_spec(
 
     spec = load_latent_spec(spec)
     directory = Path(directory)
-    design = latent_design(survey, spec)
+    design = latent_design(survey, spec, identification=identification)
     model = build_latent_model(design, spec)
     idata, timing = sample_latent(model, spec.sampler, seed)
     if "posterior" not in idata.groups():

@@ -90,18 +90,34 @@ def outcome_scores(survey) -> tuple[pd.DataFrame, str]:
     return pca_scores(survey.data, survey.codebook).scores, "pca"
 
 
-def adjustment_sets(survey, spec: ModelSpec) -> tuple[dict[str, tuple[str, ...]], str]:
+def adjustment_sets(
+    survey, spec: ModelSpec, identification: Any = None
+) -> tuple[dict[str, tuple[str, ...]], str]:
     """Covariates per outcome from the identification layer.
 
-    Returns the adjustment set of ``spec.identification`` for each outcome and the source
-    (``"identification"``).
-    """
-    from pari_bayes.identification.identify import identify_cached
+    Parameters
+    ----------
+    survey
+        A validated survey.
+    spec
+        The model spec (``spec.identification`` names the estimand whose set is used).
+    identification
+        An :class:`~pari_bayes.identification.identify.IdentificationResult` (the pipeline
+        passes the one it computed from the run's DAG); ``None`` identifies on the bundled
+        ``models/dag.dot`` here.
 
-    result = identify_cached(survey)
+    Returns
+    -------
+    dict, str
+        The adjustment set for each outcome and its source (``"identification"``).
+    """
+    if identification is None:
+        from pari_bayes.identification.identify import identify
+
+        identification = identify(survey, refute=False)
     sets: dict[str, tuple[str, ...]] = {}
     for dim in spec.outcomes:
-        chosen = tuple(result.adjustment_set(spec.identification, dim))
+        chosen = tuple(identification.adjustment_set(spec.identification, dim))
         sets[dim] = chosen
     return sets, "identification"
 
@@ -187,6 +203,7 @@ def build_design(
     spec: ModelSpec,
     scores: pd.DataFrame | None = None,
     adjustment: dict[str, tuple[str, ...]] | None = None,
+    identification: Any = None,
 ) -> MultilevelDesign:
     """Turn a survey and a spec into arrays.
 
@@ -200,6 +217,9 @@ def build_design(
         Outcome scores (one column per dimension); the PCA scores by default.
     adjustment
         Covariates per outcome; the identification layer's adjustment sets by default.
+    identification
+        The identification result whose adjustment sets are used (see
+        :func:`adjustment_sets`).
 
     Raises
     ------
@@ -222,7 +242,7 @@ def build_design(
             f"{', '.join(scores.columns)}"
         )
     if adjustment is None:
-        adjustment, adjustment_source = adjustment_sets(survey, spec)
+        adjustment, adjustment_source = adjustment_sets(survey, spec, identification)
     else:
         adjustment_source = "given"
     exposures = {TREATMENT, PRESENCE, "cbo_existence", spec.group}
@@ -877,6 +897,7 @@ def fit_spec(
     sensitivity: bool = True,
     compare: bool = True,
     prior: bool = True,
+    identification: Any = None,
 ) -> FitResult:
     """Fit a multilevel or multivariate spec (no files written; no gate applied).
 
@@ -896,6 +917,9 @@ def fit_spec(
         Fit the comparison model without ``spec.loo_drop`` for LOO.
     prior
         Draw the prior and prior predictive.
+    identification
+        Identification result supplying the adjustment sets (the run's DAG); ``None``
+        identifies on the bundled DAG.
 
     Returns
     -------
@@ -913,7 +937,9 @@ def fit_spec(
         )
     seed = spec.sampler.seed if seed is None else int(seed)
     start = time.perf_counter()
-    design = build_design(survey, spec, scores=scores, adjustment=adjustment)
+    design = build_design(
+        survey, spec, scores=scores, adjustment=adjustment, identification=identification
+    )
     multivariate = spec.kind == "multivariate"
     fitted, sampler = _fit_design(design, spec, seed)
     prior_ds = prior_pred = None
@@ -1130,6 +1156,7 @@ def write_fit(
     seed: int | None = None,
     allow_unconverged: bool = False,
     plots: bool = True,
+    identification: Any = None,
 ) -> FitResult:
     """Fit a spec and write its files into an existing folder.
 
@@ -1154,6 +1181,8 @@ def write_fit(
         ``UNCONVERGED``.
     plots
         Draw the PNG plots.
+    identification
+        Identification result supplying the adjustment sets (the run's DAG).
 
     Returns
     -------
@@ -1179,8 +1208,9 @@ def write_fit(
             directory,
             seed=spec.sampler.seed if seed is None else seed,
             allow_unconverged=allow_unconverged,
+            identification=identification,
         )
-    result = fit_spec(survey, spec, seed=seed)
+    result = fit_spec(survey, spec, seed=seed, identification=identification)
     seed = spec.sampler.seed if seed is None else int(seed)
     failures = check_convergence(
         result.diagnostics, result.effects, allow_unconverged=allow_unconverged

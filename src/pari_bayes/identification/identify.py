@@ -39,7 +39,6 @@ from pari_bayes.io import atomic_write_text, write_csv
 __all__ = [
     "IdentificationResult",
     "identify",
-    "identify_cached",
     "identify_graph",
     "write_identification",
     "analysis_frame",
@@ -716,31 +715,6 @@ def _json_clean(obj):
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
-
-
-#: identify(survey, refute=False) results of this process, per (data hash, DAG digest).
-_IDENTIFY_CACHE: dict[tuple[str, str], IdentificationResult] = {}
-
-
-def identify_cached(survey) -> IdentificationResult:
-    """Return ``identify(survey, refute=False)`` on the bundled DAG, memoized in-process.
-
-    Every estimator takes its adjustment sets from the identification layer; in one run
-    the same survey and DAG give the same answer, so it is computed once (keyed by the
-    survey's data hash and the DAG file's digest, so an edited DAG is re-identified).
-    """
-    import hashlib
-
-    from pari_bayes._paths import DEFAULT_DAG
-
-    digest = hashlib.sha256(Path(DEFAULT_DAG).read_bytes()).hexdigest()
-    key = (str(getattr(survey, "data_hash", "")), digest)
-    if not key[0] or key not in _IDENTIFY_CACHE:
-        result = identify(survey, refute=False)
-        if not key[0]:
-            return result
-        _IDENTIFY_CACHE[key] = result
-    return _IDENTIFY_CACHE[key]
 
 
 def identify(

@@ -60,17 +60,33 @@ def _fake_fit(passes_on_rung: int | None, calls: list[int]):
         rung = len(calls) - 1
         passed = passes_on_rung is not None and rung >= passes_on_rung
         effects = pd.DataFrame(
-            {"dimension": ["d"], "estimand": ["DE"], "scope": ["observed"], "mean": [0.1],
-             "r_hat": [1.0 if passed else 1.2], "ess_bulk": [900.0 if passed else 20.0]}
+            {
+                "dimension": ["d"],
+                "estimand": ["DE"],
+                "scope": ["observed"],
+                "mean": [0.1],
+                "r_hat": [1.0 if passed else 1.2],
+                "ess_bulk": [900.0 if passed else 20.0],
+            }
         )
-        diag = pd.DataFrame({"parameter": ["x"], "r_hat": [1.0 if passed else 1.2],
-                             "ess_bulk": [900.0], "ess_tail": [900.0], "divergences": [0]})
+        diag = pd.DataFrame(
+            {
+                "parameter": ["x"],
+                "r_hat": [1.0 if passed else 1.2],
+                "ess_bulk": [900.0],
+                "ess_tail": [900.0],
+                "divergences": [0],
+            }
+        )
         for name in ("effects.csv", "comparison.csv", "loo.csv"):
             effects.to_csv(directory / name, index=False)
         diag.to_csv(directory / "diagnostics.csv", index=False)
         return SimpleNamespace(
-            effects=effects, diagnostics=diag, converged=passed,
-            failures=[] if passed else ["R-hat > 1.01 for x (1.2)"], idata=None,
+            effects=effects,
+            diagnostics=diag,
+            converged=passed,
+            failures=[] if passed else ["R-hat > 1.01 for x (1.2)"],
+            idata=None,
         )
 
     return fake
@@ -121,10 +137,20 @@ def test_a_failed_spec_leaves_every_other_output_published(
     monkeypatch.setattr(fitting, "fit_model", fake)
     out = tmp_path / "run"
     code = main(
-        ["run", "--out", str(out), "--workers", "1", "--quiet",
-         "--steps", "ols,identification,fit",
-         "--model", str(MODELS_DIR / "table4.toml"),
-         "--model", str(MODELS_DIR / "multivariate.toml")]
+        [
+            "run",
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--quiet",
+            "--steps",
+            "ols,identification,fit",
+            "--model",
+            str(MODELS_DIR / "table4.toml"),
+            "--model",
+            str(MODELS_DIR / "multivariate.toml"),
+        ]
     )
     assert code == 3
     assert "multivariate" in capsys.readouterr().err
@@ -153,8 +179,10 @@ def test_a_broken_spec_fails_before_anything_runs(tmp_path) -> None:
 
 def _dag_without(tmp_path: Path, node: str) -> Path:
     lines = [
-        line for line in DEFAULT_DAG.read_text().splitlines()
-        if not line.strip().startswith(f"{node} ") and f"-> {node} " not in line
+        line
+        for line in DEFAULT_DAG.read_text().splitlines()
+        if not line.strip().startswith(f"{node} ")
+        and f"-> {node} " not in line
         and f"-> {node};" not in line
     ]
     path = tmp_path / f"dag_without_{node}.dot"
@@ -187,6 +215,83 @@ def test_the_runs_dag_sets_the_covariates_of_every_estimator(tmp_path, survey) -
     assert "education" not in latent_design(survey, latent, identification=other).covariates
 
     scores = pca_scores(survey.data, survey.codebook).scores
-    covs_bundled = set(" ".join(fit_adjusted_ols(survey.data, scores, bundled)["covariates"]).split())
+    covs_bundled = set(
+        " ".join(fit_adjusted_ols(survey.data, scores, bundled)["covariates"]).split()
+    )
     covs_other = set(" ".join(fit_adjusted_ols(survey.data, scores, other)["covariates"]).split())
     assert "education" in covs_bundled and "education" not in covs_other
+
+
+def _difference_in_means(survey, spec, directory, *, seed=None, **kwargs):  # noqa: ARG001
+    """A tiny estimator: DE as a difference of PCA-score means, bootstrap draws."""
+    import numpy as np
+
+    from pari_bayes.measurement.pca import pca_scores
+
+    rng = np.random.default_rng(seed or 0)
+    scores = pca_scores(survey.data, survey.codebook).scores
+    exposure = survey.data["exposure"].to_numpy()
+    rows = []
+    for dim in spec.outcomes:
+        y = scores[dim].to_numpy()
+        a, b = y[exposure == "participant"], y[exposure == "nonparticipant_cbo"]
+        draws = np.array(
+            [rng.choice(a, a.size).mean() - rng.choice(b, b.size).mean() for _ in range(400)]
+        )
+        rows.append(
+            {
+                "dimension": dim,
+                "estimand": "DE",
+                "alpha": np.nan,
+                "scope": "observed",
+                "mean": draws.mean(),
+                "sd": draws.std(),
+                "q05": np.quantile(draws, 0.05),
+                "q50": np.median(draws),
+                "q95": np.quantile(draws, 0.95),
+                "prob_positive": (draws > 0).mean(),
+                "ess_bulk": 400.0,
+                "r_hat": 1.0,
+            }
+        )
+    effects = pd.DataFrame(rows)
+    effects.to_csv(Path(directory) / "effects.csv", index=False)
+    diagnostics = pd.DataFrame(
+        {
+            "parameter": ["bootstrap"],
+            "r_hat": [1.0],
+            "ess_bulk": [400.0],
+            "ess_tail": [400.0],
+            "divergences": [0],
+        }
+    )
+    diagnostics.to_csv(Path(directory) / "diagnostics.csv", index=False)
+    return SimpleNamespace(
+        effects=effects, diagnostics=diagnostics, converged=True, failures=[], idata=None
+    )
+
+
+def test_a_new_estimator_is_one_function_and_one_registry_line(
+    tmp_path, monkeypatch, survey
+) -> None:
+    from pari_bayes.errors import SpecError
+    from pari_bayes.estimation import registry
+
+    spec_path = tmp_path / "dim.toml"
+    spec_path.write_text(
+        'kind = "difference_in_means"\nname = "dim"\n'
+        'outcomes = ["neighborly_interaction"]\n'
+        'formula = "cbo_participation + cbo_presence + (1 | community)"\n'
+    )
+    with pytest.raises(SpecError, match="allowed: multilevel, multivariate, latent"):
+        load_spec(spec_path)
+    monkeypatch.setitem(
+        registry.ESTIMATORS,
+        "difference_in_means",
+        registry.Estimator("difference_in_means", _difference_in_means, 0.1),
+    )
+    fit = fitting.fit_spec_file(survey, spec_path, tmp_path)
+    assert fit.gate["passed"] and fit.gate["effects_published"]
+    effects = pd.read_csv(tmp_path / "effects.csv")
+    assert list(effects["dimension"]) == ["neighborly_interaction"]
+    assert effects.loc[0, "q05"] < effects.loc[0, "mean"] < effects.loc[0, "q95"]

@@ -16,8 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
+from pari_bayes._version import __version__
 from pari_bayes.codebook import DIMENSIONS, Codebook, load_codebook
 from pari_bayes.errors import (
     ConvergenceError,

@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from pari_bayes import __version__
+from pari_bayes._version import __version__
 from pari_bayes.errors import ConvergenceError, PariBayesError, PariBayesWarning
 
 #: Subcommand modules, in the order ``--help`` lists them (the pipeline's order).

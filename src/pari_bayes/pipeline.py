@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pari_bayes import __version__
 from pari_bayes._paths import DEFAULT_SURVEY, MODELS_DIR
+from pari_bayes._version import __version__
 from pari_bayes.io import atomic_write_text, write_csv
 from pari_bayes.survey import EXPOSURE_GROUPS, Survey
+from pari_bayes.workers import describe_fit
 
 __all__ = ["RunOptions", "RunResult", "run_pipeline", "default_model_specs", "data_summary"]
 
@@ -64,6 +65,12 @@ class RunOptions:
         steps; 1 fits them one after another in the main process.
     steps
         Which steps to run (default all).
+    console
+        A :class:`pari_bayes.console.Console` for step lines and our warnings (one is made
+        from ``progress`` by default).
+    log_path
+        File the worker processes send their samplers' and compilers' output to (the CLI
+        passes ``run.log`` in the output folder); ``None`` leaves it on the terminal.
     """
 
     seed: int = 20240611
@@ -74,6 +81,8 @@ class RunOptions:
     progress: bool = True
     workers: int = 2
     steps: Sequence[str] = ("calibration", "ols", "identification", "fit", "ipw", "report")
+    console: Any = None
+    log_path: Path | None = None
 
 
 @dataclass
@@ -121,20 +130,6 @@ def data_summary(survey: Survey) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-class _Progress:
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.console = None
-        if enabled:
-            from rich.console import Console
-
-            self.console = Console(stderr=True)
-
-    def step(self, text: str) -> None:
-        if self.console is not None:
-            self.console.log(f"[bold]{text}[/bold]")
-
-
 def _timed(result: RunResult, name: str, fn: Callable[[], object]) -> object:
     start = time.perf_counter()
     out = fn()
@@ -173,7 +168,9 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
     """
     options = options or RunOptions()
     directory = Path(directory)
-    progress = _Progress(options.progress)
+    from pari_bayes.console import Console
+
+    progress = options.console or Console(quiet=not options.progress)
     result = RunResult(directory=directory)
     steps = set(options.steps)
     is_default = Path(survey.source).resolve() == DEFAULT_SURVEY.resolve()
@@ -264,6 +261,7 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         "progress": options.progress,
         "identification": identification,
     }
+    worker_options = {**fit_options, "log_path": options.log_path, "console": None}
     start = time.perf_counter()
     if jobs and options.workers > 1:
         from pari_bayes.workers import run_fit_jobs
@@ -272,7 +270,9 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             f"Bayesian models {', '.join(j.name for j in jobs)} in "
             f"{min(options.workers, len(jobs))} worker processes"
         )
-        done = run_fit_jobs(jobs, survey, fit_options, options.workers, other_steps)
+        done = run_fit_jobs(
+            jobs, survey, worker_options, options.workers, other_steps, on_done=progress.step
+        )
         for job in jobs:
             gates[job.name], seconds = done[job.name]
             result.timings[f"fit:{job.name}"] = round(seconds, 2)
@@ -285,6 +285,7 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             progress.step(f"Bayesian model {job.name}")
             gates[job.name], seconds = fit_job_safely(job, survey, fit_options)
             result.timings[f"fit:{job.name}"] = round(seconds, 2)
+            progress.step(describe_fit(job.name, gates[job.name], seconds))
     if jobs:
         result.timings["fit_wall"] = round(time.perf_counter() - start, 2)
 
@@ -292,6 +293,8 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         method_effects.append(_ols_effects(table4))
     for job in jobs:
         gate = gates[job.name]
+        for message in str(gate.get("warnings") or "").split(" | "):
+            progress.note(message)
         gate_rows.append({"model": job.name, **gate})
         if not gate["passed"]:
             failures.append(f"{job.name}: {gate.get('reason', 'failed')}")
@@ -336,9 +339,9 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
 
 def _spec_cost(spec: Any) -> float:
     """Relative cost of fitting a spec (its kind), for balancing worker processes."""
-    from pari_bayes.workers import KIND_COST
+    from pari_bayes.estimation.registry import get_estimator
 
-    return KIND_COST.get(str(spec.kind), 1.0)
+    return get_estimator(spec.kind).cost
 
 
 def _ols_effects(table4) -> pd.DataFrame:

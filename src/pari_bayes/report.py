@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pari_bayes import __version__
+from pari_bayes._version import __version__
 from pari_bayes.io import atomic_write_text
 
 __all__ = ["build_report", "SECTIONS"]

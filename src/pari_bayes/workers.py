@@ -27,12 +27,9 @@ from typing import Any
 
 from pari_bayes.errors import EstimationError
 
-__all__ = ["FitJob", "plan_workers", "run_fit_jobs", "fit_job_safely"]
+__all__ = ["FitJob", "plan_workers", "run_fit_jobs", "fit_job_safely", "describe_fit"]
 
 _BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-#: Relative cost of a spec by kind, for balancing the workers (measured wall times).
-KIND_COST = {"latent": 3.0, "multivariate": 1.5, "multilevel": 1.0}
 
 
 @dataclass(frozen=True)
@@ -100,8 +97,27 @@ def fit_job_safely(
     return gate, time.perf_counter() - start
 
 
+def describe_fit(name: str, gate: dict[str, Any], seconds: float) -> str:
+    """One console line for a finished fit: passed / failed, which rung, how long."""
+    if gate.get("passed"):
+        rung = gate.get("rung") or 0
+        how = "gate passed" + (f" on escalation rung {rung}" if rung else "")
+    elif gate.get("attempts") == 0:
+        how = f"FAILED: {str(gate.get('reason', ''))[:160]}"
+    else:
+        how = f"gate FAILED after {gate.get('attempts', 1)} attempt(s)"
+    return f"model {name}: {how} ({seconds:.0f} s)"
+
+
 def _worker(jobs: list[FitJob], survey: Any, options: dict[str, Any], results: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    options = dict(options)
+    log_path = options.pop("log_path", None)
+    options.pop("console", None)
+    if log_path is not None:
+        from pari_bayes.console import redirect_process_output
+
+        redirect_process_output(Path(log_path))
     for job in jobs:
         try:
             gate, seconds = fit_job_safely(job, survey, options)
@@ -120,6 +136,7 @@ def run_fit_jobs(
     options: dict[str, Any],
     n_workers: int,
     while_waiting: Any = None,
+    on_done: Any = None,
 ) -> dict[str, tuple[dict[str, Any], float]]:
     """Fit every job in worker processes; returns each job's (gate row, seconds) by name.
 
@@ -135,6 +152,9 @@ def run_fit_jobs(
         Worker processes (at most one per job).
     while_waiting
         Optional callable run in the main process once the workers have started.
+    on_done
+        Optional callable given one line of text as each fit finishes, and every 30 s
+        while the main process waits (progress).
 
     Raises
     ------
@@ -166,10 +186,18 @@ def run_fit_jobs(
                     os.environ[key] = value
         if while_waiting is not None:
             while_waiting()
+        last_tick = time.perf_counter()
         while len(gates) < len(jobs):
             try:
                 message = results.get(timeout=0.5)
             except queue.Empty:
+                if on_done is not None and time.perf_counter() - last_tick > 30:
+                    last_tick = time.perf_counter()
+                    waiting = [j.name for j in jobs if j.name not in gates]
+                    on_done(
+                        f"sampling: {len(gates)} of {len(jobs)} models done; "
+                        f"still fitting {', '.join(waiting)}"
+                    )
                 if not any(p.is_alive() for p in procs):
                     try:  # a last message may still be in the pipe
                         message = results.get(timeout=2.0)
@@ -182,6 +210,8 @@ def run_fit_jobs(
                     continue
             if message[0] == "ok":
                 gates[message[1]] = (message[2], float(message[3]))
+                if on_done is not None:
+                    on_done(describe_fit(message[1], message[2], float(message[3])))
                 continue
             _, name, exc, text = message
             if isinstance(exc, BaseException):

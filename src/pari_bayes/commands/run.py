@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from pari_bayes.commands._common import add_dag_argument, add_data_arguments, add_seed_argument
@@ -62,7 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes fitting the Bayesian models while the other steps run (default 2; "
         "1 = one after another in this process)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument(
+        "--quiet", action="store_true", help="print only the result line, failures and errors"
+    )
+    noise.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show every library message and sampler progress bar on the terminal "
+        "(by default they go to run.log in --out)",
+    )
     parser.add_argument(
         "--steps",
         default=None,
@@ -73,37 +83,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline into a staged output folder."""
-    survey = load_survey(args.data, communities=args.communities)
-    if args.hash_ids:
-        survey = hash_household_ids(survey, new_salt())
-    options = RunOptions(
-        seed=args.seed,
-        models=[Path(m) for m in args.model] if args.model else None,
-        dag=Path(args.dag) if args.dag else None,
-        allow_unconverged=args.allow_unconverged,
-        quick=args.quick,
-        progress=not args.quiet,
-        workers=max(1, args.workers),
-    )
-    if args.steps:
-        options.steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+    from pari_bayes.console import LOG_NAME, Console, captured
+    from pari_bayes.io import check_out_dir
+
+    check_out_dir(args.out, force=args.force)
+    console = Console(quiet=args.quiet, verbose=args.verbose)
     with output_dir(args.out, force=args.force) as staging:
-        result = run_pipeline(survey, staging, options)
-    report = Path(args.out) / "report.html"
+        log = staging / LOG_NAME
+        with captured(log, console):
+            console.step(f"reading {args.data}")
+            survey = load_survey(args.data, communities=args.communities)
+            if args.hash_ids:
+                survey = hash_household_ids(survey, new_salt())
+            console.step(survey.summary())
+            options = RunOptions(
+                seed=args.seed,
+                models=[Path(m) for m in args.model] if args.model else None,
+                dag=Path(args.dag) if args.dag else None,
+                allow_unconverged=args.allow_unconverged,
+                quick=args.quick,
+                progress=not args.quiet,
+                workers=max(1, args.workers),
+                console=console,
+                log_path=None if args.verbose else log,
+            )
+            if args.steps:
+                options.steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+            result = run_pipeline(survey, staging, options)
+        if not log.exists():
+            log.touch()
+    console.summary()
     if not args.quiet:
-        print(survey.summary(), file=sys.stderr)
-    if report.exists():
-        print(f"report: {report.resolve()}")
-    else:
-        print(f"results: {Path(args.out).resolve()}")
+        print(
+            f"library messages: {Path(args.out).resolve() / LOG_NAME}; total "
+            f"{time.perf_counter() - console.started:.0f} s",
+            file=sys.stderr,
+        )
+    report = Path(args.out) / "report.html"
     if result.failures and not args.quick:
-        print("convergence gate failed (other outputs were published):", file=sys.stderr)
+        print("convergence gate failed (every other output was published):", file=sys.stderr)
         for line in result.failures:
-            print(f"  - {line}", file=sys.stderr)
+            print(f"  - {line[:300]}", file=sys.stderr)
         print(
             "  try: more draws or a higher target_accept in the spec's [sampler]; see "
             "fit/<model>/diagnostics.csv and worst_parameters.png",
             file=sys.stderr,
         )
+    if report.exists():
+        print(f"report: {report.resolve()}")
+    else:
+        print(f"results: {Path(args.out).resolve()}")
     # A run that misses the gate (quick runs always do) says so in its exit status.
     return 0 if result.gate_passed else 3

@@ -1,8 +1,9 @@
 """One entry point for every Bayesian model spec, whatever its kind.
 
 :func:`fit_model` reads a spec (``models/*.toml``), applies run-wide overrides (quick runs),
-and hands it to the estimator of its kind: :mod:`pari_bayes.estimation.multilevel` for
-``multilevel`` / ``multivariate`` specs, :mod:`pari_bayes.estimation.latent` for ``latent``.
+and hands it to the estimator its ``kind`` names in
+:data:`pari_bayes.estimation.registry.ESTIMATORS`. :func:`fit_spec_file` is the lifecycle
+the main job and ``pari-bayes fit`` run around it: fit, gate, escalate, publish or withhold.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pari_bayes.estimation.registry import get_estimator
 from pari_bayes.estimation.spec import ModelSpec, load_spec
 
 __all__ = [
@@ -79,14 +81,13 @@ def fit_model(
     >>> fit = pb.fit_model(survey, "models/multivariate.toml", "out/mv")  # doctest: +SKIP
     >>> fit.effects.query("scope == 'observed'")  # doctest: +SKIP
     """
-    from pari_bayes.estimation.multilevel import write_fit
-
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
     if quick:
         # Wiring only: tiny draws, and no prior-sensitivity or LOO refits (tested elsewhere).
         spec = replace(spec.with_sampler(**QUICK_SAMPLER), sensitivity=(), loo_drop=())
         allow_unconverged = True
-    return write_fit(
+    estimator = get_estimator(spec.kind, spec.path)
+    return estimator.fit(
         survey,
         spec,
         Path(directory),

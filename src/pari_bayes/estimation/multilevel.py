@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pari_bayes import __version__
+from pari_bayes._version import __version__
 from pari_bayes.codebook import DIMENSIONS
 from pari_bayes.errors import (
     EstimationError,
@@ -1170,8 +1170,8 @@ def write_fit(
     survey
         A validated survey.
     spec
-        Spec object or file (``kind = "latent"`` is handed to
-        :func:`pari_bayes.estimation.latent.fit_latent_spec`).
+        Spec object or file of kind ``multilevel`` or ``multivariate`` (other kinds go
+        through :func:`pari_bayes.estimation.fitting.fit_model` and the registry).
     directory
         Existing output folder.
     seed
@@ -1199,17 +1199,6 @@ def write_fit(
     directory = Path(directory)
     if not isinstance(spec, ModelSpec):
         spec = load_spec(spec)
-    if spec.kind == "latent":
-        from pari_bayes.estimation.latent import fit_latent_spec
-
-        return fit_latent_spec(
-            survey,
-            spec,
-            directory,
-            seed=spec.sampler.seed if seed is None else seed,
-            allow_unconverged=allow_unconverged,
-            identification=identification,
-        )
     result = fit_spec(survey, spec, seed=seed, identification=identification)
     seed = spec.sampler.seed if seed is None else int(seed)
     failures = check_convergence(

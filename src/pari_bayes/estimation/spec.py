@@ -345,9 +345,10 @@ def parse_spec(raw: dict[str, Any], where: str = "<spec>") -> ModelSpec:
     For ``kind = "latent"`` sections other than the common ones are kept in ``raw``
     unchecked; :mod:`pari_bayes.estimation.latent` validates them.
     """
+    from pari_bayes.estimation.registry import get_estimator
+
     kind = raw.get("kind")
-    if kind not in KINDS:
-        raise SpecError(f"{where}: key kind: {kind!r}; allowed: {', '.join(KINDS)}")
+    get_estimator(kind, where)  # a registered kind, or an error listing them
     if kind != "latent":
         _unknown(where, "", raw, _TOP_KEYS)
     name = raw.get("name")

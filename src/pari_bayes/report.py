@@ -110,6 +110,13 @@ def _gate_section(run_dir: Path) -> str:
         return '<p class="note">No Bayesian model was fitted in this run.</p>'
     gate = pd.read_csv(path, dtype=str, keep_default_na=False)
     failed = gate[gate["passed"].str.lower() != "true"]
+    rungs = []
+    if "rung" in gate:
+        rungs = [
+            f"{row['model']} passed on escalation rung {row['rung']} ({row.get('ladder', '')})"
+            for _, row in gate.iterrows()
+            if str(row.get("passed", "")).lower() == "true" and row["rung"] not in ("", "0")
+        ]
     if failed.empty:
         banner = (
             f'<p class="pass"><b>Convergence gate: PASSED</b> for all {len(gate)} Bayesian '
@@ -117,11 +124,28 @@ def _gate_section(run_dir: Path) -> str:
             "reported quantity.</p>"
         )
     else:
-        names = ", ".join(failed["model"])
+        items = []
+        for _, row in failed.iterrows():
+            published = str(row.get("effects_published", "")).lower() == "true"
+            items.append(
+                f"{row['model']}: {str(row.get('reason', ''))[:300]} "
+                f"[{row.get('ladder', '') or 'one attempt'}] "
+                + (
+                    "Its effect rows are published marked UNCONVERGED."
+                    if published
+                    else "Its effect rows are withheld; its diagnostics and "
+                    f"fit/{row['model']}/worst_parameters.png are published."
+                )
+            )
         banner = (
-            f'<p class="fail"><b>Convergence gate: FAILED</b> for {_esc(names)}. Their numbers '
-            "are marked UNCONVERGED and must not be reported.</p>"
+            f'<p class="fail"><b>Convergence gate: FAILED</b> for '
+            f"{_esc(', '.join(failed['model']))}; every other result below is unaffected. "
+            "What to try: more draws and tuning, or a higher target_accept, in the spec's "
+            "[sampler]; a reparameterization or a tighter prior where the worst parameters "
+            "are a variance or a weakly measured factor.</p>" + _list_items(items)
         )
+    if rungs:
+        banner += "<p>Escalation: " + _esc("; ".join(rungs)) + ".</p>"
     notes = [
         f"{row['model']}: {text}"
         for _, row in gate.iterrows()

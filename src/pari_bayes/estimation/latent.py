@@ -1277,7 +1277,7 @@ def fit_latent_spec(
     import arviz as az
     import xarray as xr
 
-    import pari_bayes
+    from pari_bayes._version import __version__
 
     spec = load_latent_spec(spec)
     directory = Path(directory)
@@ -1398,7 +1398,7 @@ def fit_latent_spec(
     provenance = {
         "model": spec.name,
         "kind": "latent",
-        "package_version": getattr(pari_bayes, "__version__", "unknown"),
+        "package_version": __version__,
         "spec": json.dumps(spec.raw, sort_keys=True, default=str),
         "data_hash": getattr(survey, "data_hash", ""),
         "seed": int(seed),

@@ -47,7 +47,7 @@ _LAZY = {
     "write_identification": "pari_bayes.identification",
     "load_spec": "pari_bayes.estimation.fitting",
     "fit_model": "pari_bayes.estimation.fitting",
-    "load_posterior": "pari_bayes.estimation.multilevel",
+    "load_posterior": "pari_bayes.estimation.posterior",
     "ipw_effects": "pari_bayes.estimation.ipw",
     "write_ipw_survey": "pari_bayes.estimation.ipw",
     "hash_household_ids": "pari_bayes.privacy",

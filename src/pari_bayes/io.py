@@ -19,7 +19,44 @@ import pandas as pd
 
 from pari_bayes.errors import OutputError
 
-__all__ = ["output_dir", "atomic_write_text", "atomic_write_bytes", "write_csv", "check_out_dir"]
+__all__ = [
+    "output_dir",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "write_csv",
+    "check_out_dir",
+    "current_umask",
+    "file_mode",
+    "dir_mode",
+]
+
+
+def current_umask() -> int:
+    """Return the process umask without changing it (read from /proc where possible).
+
+    ``os.umask`` can only be read by setting it, which is racy with threads; Linux reports
+    it in ``/proc/self/status``, so that is tried first.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def file_mode() -> int:
+    """Mode a plain ``open(path, "w")`` would give a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """Mode a plain ``mkdir`` would give a new folder: ``0o777 & ~umask``."""
+    return 0o777 & ~current_umask()
 
 
 def check_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
@@ -82,7 +119,8 @@ def output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
 
     Yields a staging folder; write every result into it. On normal exit the staging folder
     replaces ``out``; on any exception (including Ctrl-C and SIGTERM) it is deleted and
-    ``out`` is left as it was.
+    ``out`` is left as it was. The staging folder is private (0700) while it is written;
+    the published folder gets the mode of a plain ``mkdir`` (``0o777 & ~umask``).
 
     Examples
     --------
@@ -97,6 +135,7 @@ def output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
             yield staging
             if interrupts.received is not None:
                 raise KeyboardInterrupt(f"received signal {interrupts.received}")
+            os.chmod(staging, dir_mode())  # mkdtemp made it 0700
             if path.exists():
                 trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
                 os.replace(path, trash / "old")
@@ -110,7 +149,11 @@ def output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+
+    The file gets the mode of a plain ``open(path, "w")`` (``0o666 & ~umask``), not the
+    0600 of the temporary file.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
@@ -118,6 +161,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), file_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from pari_bayes.errors import ConvergenceError, EstimationError, SpecError
+from pari_bayes.estimation.posterior import write_posterior
 from pari_bayes.io import write_csv
 from pari_bayes.measurement.items import (
     _PAD,
@@ -1063,6 +1064,13 @@ def factor_scores(idata, design: LatentDesign, spec: LatentSpec) -> pd.DataFrame
 #: factor's scale (and so any effect in its sd units) rests on the loading prior.
 WEAK_MEASUREMENT = 0.2
 
+#: Per-household, per-draw posterior variables kept in memory but not written to
+#: ``posterior.nc`` (about 37 MB each on the bundled survey): the factor values ``eta`` are
+#: summarised by the ``factor_scores`` group (posterior mean and sd per household), and
+#: ``household_z`` (the standardized disturbance) is ``eta`` re-expressed given the
+#: parameters.
+POSTERIOR_NOT_STORED = ("eta", "household_z")
+
 
 def measurement_information(idata, spec: LatentSpec) -> pd.Series:
     """Share of each factor's household-level variance that the items pin down.
@@ -1395,13 +1403,7 @@ def fit_latent_spec(
     loo_table = None
     if spec.compare_invariance:
         loo_table = _compare_invariance(idata, effects, design, spec, seed)
-    provenance = {
-        "model": spec.name,
-        "kind": "latent",
-        "package_version": __version__,
-        "spec": json.dumps(spec.raw, sort_keys=True, default=str),
-        "data_hash": getattr(survey, "data_hash", ""),
-        "seed": int(seed),
+    extra = {
         "sampler": json.dumps(spec.sampler, sort_keys=True),
         "invariance": spec.invariance,
         "adjustment_source": design.adjustment_source,
@@ -1409,14 +1411,23 @@ def fit_latent_spec(
         "identification": "location: no structural intercept, sum-to-zero community terms; "
         "scale: unit-variance household disturbance; sign: positive (log-normal) loadings; "
         "each item loads on one factor",
-        "converged": str(converged).lower(),
+        "factor_scores": "per-draw eta and household_z are not stored; the factor_scores "
+        "group holds each household's posterior mean and sd of eta",
     }
-    idata.attrs.update(provenance)
-    for group in idata.groups():
-        getattr(idata, group).attrs.update({k: str(v) for k, v in provenance.items()})
+    provenance = {
+        "model_name": spec.name,
+        "kind": "latent",
+        "spec_json": json.dumps(spec.raw, sort_keys=True, default=str),
+        "data_hash": getattr(survey, "data_hash", ""),
+        "seed": int(seed),
+        "status": "converged" if converged else "UNCONVERGED",
+    }
+    # in memory the InferenceData stays complete (eta included); the file drops it
+    idata.attrs.update({**extra, **provenance, "package_version": __version__})
     files = []
-    nc = directory / "posterior.nc"
-    idata.to_netcdf(str(nc), engine="h5netcdf")
+    nc = write_posterior(
+        idata, directory / "posterior.nc", **provenance, extra=extra, drop=POSTERIOR_NOT_STORED
+    )
     files.append(nc)
     mark = {"converged": str(converged).lower()}
     out_effects = effects.drop(columns=["ess_tail"]).assign(**mark)

@@ -37,9 +37,9 @@ from pari_bayes.codebook import DIMENSIONS
 from pari_bayes.errors import (
     EstimationError,
     IdentificationError,
-    ProvenanceError,
     SpecError,
 )
+from pari_bayes.estimation.posterior import load_posterior, write_posterior
 from pari_bayes.estimation.spec import ModelSpec, load_spec
 from pari_bayes.priors import resolve_priors
 
@@ -1210,7 +1210,7 @@ def write_fit(
     result.comparison = (
         comparison_table(result.effects, survey) if len(result.effects) else (pd.DataFrame())
     )
-    result.idata.attrs["status"] = status
+    result.idata.attrs["status"] = _posterior_status(status)
     result.idata.attrs["gate_failures"] = json.dumps(failures)
     _write_all(result, directory, status, plots)
     return result
@@ -1222,11 +1222,18 @@ def _write_all(result: FitResult, directory: Path, status: str, plots: bool) -> 
 
     written = []
     nc = directory / "posterior.nc"
-    _to_netcdf(result.idata, nc)
+    _write_posterior(result.idata, nc, result.spec, status)
     written.append(nc.name)
     if result.idata_without is not None:
-        result.idata_without.attrs["status"] = status
-        _to_netcdf(result.idata_without, directory / "posterior_without_cbo.nc")
+        result.idata_without.attrs["status"] = _posterior_status(status)
+        # the comparison model is kept for LOO: its posterior predictive is not stored
+        _write_posterior(
+            result.idata_without,
+            directory / "posterior_without_cbo.nc",
+            result.spec,
+            status,
+            drop_groups=("posterior_predictive",),
+        )
         written.append("posterior_without_cbo.nc")
     tables = {
         "effects.csv": result.effects,
@@ -1252,77 +1259,44 @@ def _write_all(result: FitResult, directory: Path, status: str, plots: bool) -> 
     result.files = written
 
 
-def _to_netcdf(idata, path: Path) -> None:
-    """Write atomically (temporary name, then rename)."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        idata.to_netcdf(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Posterior variables not written to ``posterior.nc``: ``pm.LKJCholeskyCov``'s own
+#: deterministics, exact copies of ``residual_corr`` / ``residual_sd`` with unlabelled dims.
+POSTERIOR_NOT_STORED = ("residual_chol_corr", "residual_chol_stds")
 
 
-def load_posterior(path: str | Path, spec: ModelSpec | str | Path | None = None, survey=None):
-    """Read a ``posterior.nc`` and check its provenance.
+def _posterior_status(status: str) -> str:
+    """Return the posterior file's ``status`` attribute (``converged`` / ``UNCONVERGED``)."""
+    return "converged" if status == "ok" else "UNCONVERGED"
 
-    Parameters
-    ----------
-    path
-        The NetCDF file written by :func:`write_fit`.
-    spec
-        If given, the spec it must come from (model name and content).
-    survey
-        If given, the survey it must come from (data hash).
 
-    Returns
-    -------
-    arviz.InferenceData
+def _write_posterior(
+    idata, path: Path, spec: ModelSpec, status: str, drop_groups: tuple[str, ...] = ()
+) -> None:
+    """Write one posterior file through the shared writer (provenance schema, compression).
 
-    Raises
-    ------
-    ProvenanceError
-        If the file lacks provenance or does not match ``spec`` / ``survey``.
+    The multilevel posterior holds no per-household deterministic (the linear predictor is
+    recomputed from the parameters, see :func:`potential_means`); only the exact duplicates
+    in :data:`POSTERIOR_NOT_STORED` are left out, and the shared writer thins the
+    per-household predictive and log-likelihood groups.
     """
-    import arviz as az
+    if drop_groups:
+        import arviz as az
 
-    path = Path(path)
-    if not path.exists():
-        raise ProvenanceError(f"{path}: no such posterior file; run `pari-bayes fit` first")
-    try:
-        idata = az.from_netcdf(path)
-    except Exception as exc:  # noqa: BLE001 - any read failure is a provenance problem
-        raise ProvenanceError(f"{path}: not a readable InferenceData NetCDF file: {exc}") from exc
-    needed = ("model_name", "package_version", "spec_json", "data_hash", "seed")
-    missing = [k for k in needed if k not in idata.attrs]
-    if missing:
-        raise ProvenanceError(
-            f"{path}: provenance attribute(s) {', '.join(missing)} missing; "
-            "the file was not written by pari_bayes.write_fit"
+        idata_out = az.InferenceData(
+            **{g: getattr(idata, g) for g in idata.groups() if g not in drop_groups}
         )
-    if spec is not None:
-        if not isinstance(spec, ModelSpec):
-            spec = load_spec(spec)
-        if idata.attrs["model_name"] != spec.name:
-            raise ProvenanceError(
-                f"{path}: fitted model {idata.attrs['model_name']!r}, expected {spec.name!r}"
-            )
-        saved = json.loads(idata.attrs["spec_json"])
-        current = json.loads(spec.to_json())
-        saved.pop("sampler", None)
-        current.pop("sampler", None)
-        if saved != current:
-            raise ProvenanceError(
-                f"{path}: the spec {spec.path} changed since the fit (model "
-                f"{spec.name!r}); refit with `pari-bayes fit --model {spec.path}`"
-            )
-    if survey is not None and idata.attrs["data_hash"] != survey.data_hash:
-        raise ProvenanceError(
-            f"{path}: fitted on data with hash {idata.attrs['data_hash'][:12]}..., but the "
-            f"survey {survey.source} hashes to {survey.data_hash[:12]}...; refit on this survey"
-        )
-    return idata
+        idata_out.attrs.update(dict(idata.attrs))
+    else:
+        idata_out = idata
+    attrs = dict(idata.attrs)
+    write_posterior(
+        idata_out,
+        path,
+        model_name=attrs.get("model_name", spec.name),
+        kind=attrs.get("model_kind", spec.kind),
+        spec_json=attrs.get("spec_json", spec.to_json()),
+        data_hash=attrs["data_hash"],
+        seed=int(attrs["seed"]),
+        status=_posterior_status(status),
+        drop=POSTERIOR_NOT_STORED,
+    )

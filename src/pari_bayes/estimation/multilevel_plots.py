@@ -24,10 +24,13 @@ def _save(fig, path: Path) -> None:
     import os
     import tempfile
 
+    from pari_bayes.io import file_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, metadata={"Software": None})
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

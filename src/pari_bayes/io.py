@@ -21,6 +21,7 @@ from pari_bayes.errors import OutputError
 
 __all__ = [
     "output_dir",
+    "atomic_path",
     "atomic_write_text",
     "atomic_write_bytes",
     "write_csv",
@@ -148,27 +149,41 @@ def output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is synced and renamed there.
 
     The file gets the mode of a plain ``open(path, "w")`` (``0o666 & ~umask``), not the
-    0600 of the temporary file.
+    0600 of the temporary file. On any error (or interrupt) the temporary file is removed
+    and ``path`` is untouched.
+
+    Examples
+    --------
+    >>> with atomic_path("out/figure.png", suffix=".png") as tmp:  # doctest: +SKIP
+    ...     fig.savefig(tmp)
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), file_mode())
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -21,19 +21,10 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    import os
-    import tempfile
+    from pari_bayes.io import atomic_path
 
-    from pari_bayes.io import file_mode
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, metadata={"Software": None})
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def forest_plot(result, path: Path, title_prefix: str = "") -> bool:

@@ -35,11 +35,9 @@ ArviZ users need:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -210,7 +208,7 @@ def write_posterior(
     pathlib.Path
         The file written.
     """
-    from pari_bayes.io import file_mode
+    from pari_bayes.io import atomic_path
 
     if status not in STATUSES:
         raise ValueError(f"status {status!r}; allowed: {', '.join(STATUSES)}")
@@ -235,21 +233,11 @@ def write_posterior(
         attrs["dropped_variables"] = json.dumps(dropped)
     import xarray as xr
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         xr.Dataset(attrs=attrs).to_netcdf(tmp, mode="w", engine="h5netcdf")
         for group in slim.groups():
             ds = getattr(slim, group)
             ds.to_netcdf(tmp, mode="a", group=group, engine="h5netcdf", encoding=_encoding(ds))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, file_mode())  # mkstemp made it 0600
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return target
 
 

@@ -239,12 +239,12 @@ def fit_spec_file(
     spec = spec_path if isinstance(spec_path, ModelSpec) else load_spec(spec_path)
     rungs = 1 if (quick or not escalate) else len(ESCALATION)
     history: list[str] = []
-    ours: list[str] = []
     seen: set = set()
     for rung in range(rungs):
         if rung:
             _clear(directory)
         current = escalated(spec, rung)
+        ours: list[str] = []  # our warnings of the attempt that is kept (the last one)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = fit_model(
@@ -257,13 +257,14 @@ def fit_spec_file(
                 identification=identification,
             )
         for w in caught:  # each distinct warning once, as the default filter would show it
+            if "pari_bayes" in str(w.filename):
+                if str(w.message) not in ours:
+                    ours.append(str(w.message))
+                continue
             if (w.category, str(w.message)) in seen:
                 continue
             seen.add((w.category, str(w.message)))
-            if "pari_bayes" in str(w.filename):
-                ours.append(str(w.message))
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         gate = gate_summary(result)
         settings = _sampler_settings(current)
         history.append(

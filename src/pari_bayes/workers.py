@@ -62,7 +62,7 @@ def plan_workers(jobs: Sequence[FitJob], n_workers: int) -> list[list[FitJob]]:
     return [p for p in plan if p]
 
 
-def error_gate(name: str, exc: BaseException) -> dict[str, Any]:
+def error_gate(exc: BaseException) -> dict[str, Any]:
     """Return the gate row of a spec whose fit raised: failed, the error as its reason."""
     return {
         "passed": False,
@@ -92,7 +92,7 @@ def fit_job_safely(
         for child in job.target.iterdir():  # nothing half-written from the failed fit
             if child.is_file():
                 child.unlink()
-        gate = error_gate(job.name, exc)
+        gate = error_gate(exc)
         gate["traceback"] = traceback.format_exc()[-2000:]
     return gate, time.perf_counter() - start
 

@@ -1089,9 +1089,7 @@ def star_line_search(params: dict) -> dict:
 
     def score(p):
         sim = simmod.simulate_survey(N, REGISTRY, p, SEED, BOOK)
-        cal = calibration_table(
-            derive_columns(sim.data, REGISTRY), BOOK, use_pipeline=False, audit=audit
-        )
+        cal = calibration_table(derive_columns(sim.data, REGISTRY), BOOK, audit=audit)
         misses = cal[~cal["within_tolerance"] & (cal["audit"] == "")]
         within = float(cal.loc[cal["statistic"] == "count_within_1se", "achieved"].iloc[0])
         return cal, len(misses), within

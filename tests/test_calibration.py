@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -244,19 +245,33 @@ def test_cli_calibrate(tmp_path, capsys):
     assert (out / "calibration.csv").read_bytes() == before
 
 
-def test_fast_path_equals_project_pipeline(survey):
-    pytest.importorskip("pari_bayes.estimation.ols")
-    from pari_bayes.calibration import table4_statistics
+def test_calibration_runs_the_baseline_pca_and_ols(survey):
+    from pari_bayes import calibration
+    from pari_bayes.estimation import ols
+    from pari_bayes.measurement.pca import pca_scores
 
-    fast = table4_statistics(survey.data, survey.codebook, use_pipeline=False)
-    full = table4_statistics(survey.data, survey.codebook, use_pipeline=True)
-    merged = fast[0].merge(full[0], on=["model", "term"])
-    assert len(merged) == 64
-    np.testing.assert_allclose(merged["coef_x"], merged["coef_y"], atol=1e-10)
-    np.testing.assert_allclose(merged["se_x"], merged["se_y"], atol=1e-10)
-    np.testing.assert_allclose(fast[1]["adj_r2"], full[1]["adj_r2"], atol=1e-12)
-    np.testing.assert_allclose(fast[2]["share"], full[2]["share"], atol=1e-9)
-    np.testing.assert_allclose(fast[2]["kmo"], full[2]["kmo"], atol=1e-9)
+    # one stars function, one Table 4 vocabulary: the baseline's
+    assert calibration.stars is ols.stars
+    assert calibration.TABLE4_TERMS is ols.TERMS
+    assert calibration.MODEL_DIMENSION is ols.MODELS
+    assert calibration.regressor_vifs is ols.regressor_vifs
+    coefs, fits, pca = calibration.table4_statistics(survey.data, survey.codebook)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = ols.fit_table4(survey.data, n_boot=0, codebook=survey.codebook)
+        reference = pca_scores(survey.data, survey.codebook)
+    printed = table.coefficients[table.coefficients.term != ols.DIRECT_EFFECT]
+    assert len(coefs) == 64
+    np.testing.assert_array_equal(coefs["coef"], printed["coef"])
+    np.testing.assert_array_equal(coefs["se"], printed["se"])
+    assert list(coefs["stars"]) == list(printed["stars"])
+    np.testing.assert_array_equal(fits["adj_r2"], table.fit["adj_r2"])
+    for r in pca.itertuples():
+        items = survey.data[list(survey.codebook.indicators[r.dimension])].to_numpy(float)
+        score, share, kmo = fast_pca(items)
+        np.testing.assert_array_equal(score, reference.scores[r.dimension])
+        assert share == r.share == reference.fits[r.dimension].variance_explained_pct
+        assert kmo == r.kmo == reference.fits[r.dimension].kmo
 
 
 def test_audit_reliability_ceiling_flags_only_the_economic_fit(tables):

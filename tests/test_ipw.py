@@ -15,7 +15,7 @@ from pari_bayes import cli
 from pari_bayes.errors import EstimationError, PariBayesWarning, SurveyDataError
 from pari_bayes.estimation.ipw import (
     COMMON_COLUMNS,
-    EFFECT_COLUMNS,
+    INFERFERENCE_COLUMNS,
     _weight_integral,
     group_weights,
     ipw_effects,
@@ -216,7 +216,7 @@ def test_weight_integral_matches_quad_of_the_issue_formula(mixed):
 def test_effects_table_layout_and_sign_convention(two_stage):
     _, res = two_stage
     e = res.effects
-    assert list(e.columns) == list(EFFECT_COLUMNS)
+    assert list(e.columns) == list(INFERFERENCE_COLUMNS)
     # inferference::effect_grid for 3 allocations: 6 direct, 12 indirect, 12 total, 6 overall
     assert e["effect"].value_counts().to_dict() == {
         "direct": 6,
@@ -389,7 +389,7 @@ def test_cli_writes_reproducible_tables(tmp_path, capsys):
     for name in ("ipw_effects.csv", "ipw_propensity.csv", "ipw_outcomes.csv"):
         assert (tmp_path / "o1" / name).read_bytes() == (tmp_path / "o2" / name).read_bytes()
     effects = pd.read_csv(tmp_path / "o1" / "ipw_effects.csv")
-    assert list(effects.columns) == list(EFFECT_COLUMNS) and len(effects) == 36
+    assert list(effects.columns) == list(INFERFERENCE_COLUMNS) and len(effects) == 36
     prop = pd.read_csv(tmp_path / "o1" / "ipw_propensity.csv")
     assert {"(Intercept)", "x", "sigma", "log_likelihood", "converged"} <= set(prop["term"])
     assert "wrote" in capsys.readouterr().out
@@ -472,6 +472,100 @@ def test_survey_ipw(tmp_path):
     assert row.loc["DE", "mean"] == pytest.approx(y0[1.0] - y0[0.0], abs=1e-5)
     notes = (tmp_path / "ipw_notes.txt").read_text()
     assert "4 communities" in notes and "descriptive" in notes
+
+
+def test_weight_integral_failure_names_a_real_option(mixed):
+    _, _, b, design = mixed
+    fit = fit_propensity(design, b[design.order])
+    assert fit.sigma > 0
+    with pytest.raises(EstimationError, match=r"--tol of `pari-bayes ipw`"):
+        _weight_integral(design, fit, b[design.order], 1.0, tol=0.0, max_nodes=40)
+    # the option the message names exists
+    import argparse
+
+    from pari_bayes.commands import ipw as ipw_command
+
+    parser = argparse.ArgumentParser()
+    ipw_command.add_arguments(parser)
+    assert parser.parse_args(["--tol", "1e-6", "--out", "o"]).tol == 1e-6
+
+
+IPW_FILES = (
+    "ipw_effects.csv",
+    "ipw_outcomes.csv",
+    "ipw_propensity.csv",
+    "ipw_effects_common.csv",
+    "ipw_notes.txt",
+)
+
+
+@pytest.fixture(scope="module")
+def bundled_survey():
+    import pari_bayes as pb
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PariBayesWarning)
+        return pb.load_survey()
+
+
+def test_cli_default_reproduces_the_main_jobs_ipw(tmp_path, capsys, bundled_survey):
+    from pari_bayes.pipeline import RunOptions, run_pipeline
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PariBayesWarning)
+        run_pipeline(bundled_survey, run, RunOptions(steps=("ipw",), progress=False))
+    assert cli.main(["ipw", "--out", str(tmp_path / "cli")]) == 0
+    for name in IPW_FILES:
+        assert (tmp_path / "cli" / name).read_bytes() == (run / "ipw" / name).read_bytes(), name
+    # the main job's effects_all.csv carries the same IPW rows, in the one schema
+    from pari_bayes.effects import EFFECT_COLUMNS
+
+    every = pd.read_csv(run / "effects_all.csv")
+    assert list(every.columns) == list(EFFECT_COLUMNS)
+    common = pd.read_csv(tmp_path / "cli" / "ipw_effects_common.csv")
+    np.testing.assert_allclose(every.loc[every["method"] == "ipw", "mean"], common["mean"])
+
+
+def test_cli_survey_mode_rejects_generic_options(tmp_path, capsys):
+    code = cli.main(["ipw", "--participation", "cbo_presence", "--out", str(tmp_path / "o")])
+    assert code == cli.EXIT_INPUT
+    assert "allocation 0 by design" in capsys.readouterr().err
+    code = cli.main(["ipw", "--outcome", "y", "--out", str(tmp_path / "o")])
+    assert code == cli.EXIT_INPUT
+    assert "missing --treatment, --group" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_dag_sets_the_participation_covariates(tmp_path, bundled_survey):
+    from pari_bayes._paths import DEFAULT_DAG
+    from pari_bayes.estimation.ipw import SURVEY_COVARIATES
+
+    lines = [
+        line
+        for line in DEFAULT_DAG.read_text().splitlines()
+        if not line.strip().startswith("education ")
+        and "-> education " not in line
+        and "-> education;" not in line
+    ]
+    dag = tmp_path / "no_education.dot"
+    dag.write_text("\n".join(lines) + "\n")
+    for name, extra in (
+        ("plain", []),
+        ("bundled", ["--dag", str(DEFAULT_DAG)]),
+        ("other", ["--dag", str(dag)]),
+    ):
+        assert cli.main(["ipw", *extra, "--out", str(tmp_path / name)]) == 0
+    terms = {
+        name: set(pd.read_csv(tmp_path / name / "ipw_propensity.csv")["term"])
+        for name in ("plain", "bundled", "other")
+    }
+    assert set(SURVEY_COVARIATES) <= terms["plain"] and "education" not in terms["plain"]
+    assert {"education", "household_size", "income_scale"} <= terms["bundled"]
+    assert "education" not in terms["other"] and "household_size" in terms["other"]
+    notes = (tmp_path / "other" / "ipw_notes.txt").read_text()
+    assert "adjustment set of DE on the DAG" in notes
 
 
 # --------------------------------------------------------------------------- slow

@@ -226,8 +226,11 @@ def small_model():
 
 def test_identification_constraints(small_model):
     spec, design, model = small_model
-    # loadings are positive by construction: log-transformed, support (0, inf)
-    assert model.rvs_to_transforms[model["loading"]].name == "log"
+    # loadings are positive by construction: the logit-scale ones log-transformed, the
+    # hurdle item's the product of a positive total sd and the root of a share in (0, 1)
+    assert model.rvs_to_transforms[model["logit_loading"]].name == "log"
+    assert model.rvs_to_transforms[model["log_amount_total_sd"]].name == "log"
+    assert model.rvs_to_transforms[model["log_amount_r2"]].name == "logodds"
     draws = __import__("pymc").draw(model["loading"], draws=200, random_seed=1)
     assert (draws > 0).all()
     # one loading per item, each item on one factor
@@ -242,6 +245,40 @@ def test_identification_constraints(small_model):
     assert np.abs(eta).max() == 0.0
     corr = __import__("pymc").draw(model["disturbance_corr"], draws=5, random_seed=2)
     np.testing.assert_allclose(np.diagonal(corr, axis1=1, axis2=2), 1.0)
+
+
+def test_hurdle_item_is_parameterized_by_total_sd_and_variance_share(small_model):
+    import pymc as pm
+
+    spec, design, model = small_model
+    total, r2, lam, resid = pm.draw(
+        [
+            model["log_amount_total_sd"],
+            model["log_amount_r2"],
+            model["loading"],
+            model["log_amount_sd"],
+        ],
+        draws=4000,
+        random_seed=3,
+    )
+    a3 = [it.name for it in design.items.items].index("a3")
+    np.testing.assert_allclose(lam[:, a3], total[:, 0] * np.sqrt(r2[:, 0]))
+    np.testing.assert_allclose(lam[:, a3] ** 2 + resid[:, 0] ** 2, total[:, 0] ** 2)
+    # prior on the share: Beta(2, 2), so no mass piles up at R^2 = 1 (the Heywood boundary)
+    a, b = spec.priors["hurdle_r2_alpha"], spec.priors["hurdle_r2_beta"]
+    assert stats.kstest(r2[:, 0], stats.beta(a, b).cdf).pvalue > 1e-3
+    assert (r2 < 0.99).mean() > 0.999
+    # log density of the share against the hand formula on its logit scale
+    value = np.array([0.3])
+    logp = model.compile_logp(vars=[model["log_amount_r2"]], jacobian=False)(
+        {**model.initial_point(), "log_amount_r2_logodds__": np.log(value / (1 - value))}
+    )
+    assert logp == pytest.approx(stats.beta(a, b).logpdf(0.3))
+
+
+def test_removed_hurdle_loading_priors_name_their_replacement():
+    with pytest.raises(SpecError, match="hurdle_r2_alpha"):
+        L.parse_latent_spec(dict(SMALL_SPEC, latent_priors={"hurdle_loading_mu": -0.7}))
 
 
 def test_invariance_options_add_community_deviations_except_anchor():

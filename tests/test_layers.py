@@ -27,6 +27,7 @@ LAYERS = {
     "pari_bayes.survey": 1,
     "pari_bayes.privacy": 1,
     "pari_bayes.simulate": 1,
+    "pari_bayes.scenarios": 1,
     "pari_bayes.measurement": 2,
     "pari_bayes.identification": 3,
     "pari_bayes.priors": 4,

@@ -30,7 +30,10 @@ from pari_bayes.estimation.ols import (
     DIRECT_EFFECT,
     FIT_COLUMNS,
     MODELS,
+    TERMS,
+    classical_ols,
     fit_table4,
+    regressor_vifs,
     stars,
     write_ols,
 )
@@ -233,6 +236,25 @@ def test_vif_is_one_over_one_minus_r2(survey, table):
         r2 = 1 - resid @ resid / np.sum((data[col] - data[col].mean()) ** 2)
         assert rows.loc[names.get(col, col), "vif"] == pytest.approx(1 / (1 - r2), rel=1e-8)
     assert np.isnan(rows.loc["const", "vif"])
+
+
+def test_classical_ols_and_regressor_vifs_are_the_table4_fits(survey, table):
+    for model, (dim, with_cbo) in MODELS.items():
+        cols = [*BASE_REGRESSORS, *(CBO_REGRESSORS if with_cbo else ())]
+        X = np.column_stack([survey.data[cols].to_numpy(float), np.ones(len(survey.data))])
+        fit = classical_ols(table.pca.scores[dim].to_numpy(), X, [*cols, "const"])
+        res = table.models[model]
+        np.testing.assert_allclose(fit.coef, res.params, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fit.se, res.bse, rtol=1e-10)
+        np.testing.assert_allclose(fit.p, res.pvalues, rtol=1e-8, atol=1e-14)
+        assert fit.adj_r2 == pytest.approx(res.rsquared_adj, rel=1e-12)
+        assert fit.aic == pytest.approx(res.aic, rel=1e-12)
+        assert fit.names[-1] == "const"
+    rows = table.coefficients[table.coefficients.model == 2].set_index("term")
+    vifs = regressor_vifs(survey.data)
+    assert list(vifs) == [*BASE_REGRESSORS, *CBO_REGRESSORS]
+    for col, vif in vifs.items():
+        assert rows.loc[TERMS[col], "vif"] == vif
 
 
 def test_table_layout_terms_and_published_columns(table):

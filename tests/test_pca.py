@@ -13,7 +13,7 @@ import pari_bayes as pb
 from pari_bayes.codebook import DIMENSIONS
 from pari_bayes.errors import SurveyDataError
 from pari_bayes.measurement import fit_dimension_pca, pca_scores
-from pari_bayes.measurement.pca import DIAGNOSTIC_COLUMNS
+from pari_bayes.measurement.pca import DIAGNOSTIC_COLUMNS, fit_pca
 
 
 def _correlated(n: int = 200, p: int = 4, seed: int = 0, strength: float = 0.8) -> pd.DataFrame:
@@ -97,6 +97,19 @@ def test_first_component_matches_svd_of_standardized_items():
     # loadings are the correlations of the items with the component score
     corr = [np.corrcoef(x[:, j], score)[0, 1] for j in range(x.shape[1])]
     np.testing.assert_allclose(fit.loadings, corr, rtol=1e-8)
+
+
+def test_array_fit_is_the_frame_fit():
+    data = _correlated(p=3, seed=4)
+    fit = fit_dimension_pca(data, "d", tuple(data.columns))
+    arr = fit_pca(data.to_numpy(), "d", tuple(data.columns))
+    for name in ("eigenvalues", "weights", "loadings", "item_means", "kmo_items"):
+        np.testing.assert_array_equal(getattr(arr, name), getattr(fit, name))
+    assert (arr.kmo, arr.bartlett_p, arr.score_sd) == (fit.kmo, fit.bartlett_p, fit.score_sd)
+    np.testing.assert_array_equal(arr.score(data.to_numpy()), fit.transform(data).to_numpy())
+    assert fit_pca(data.to_numpy()).items == ("column 1", "column 2", "column 3")
+    with pytest.raises(SurveyDataError, match="column 2"):
+        fit_pca(np.column_stack([data.to_numpy()[:, 0], np.ones(len(data))]))
 
 
 def test_sign_is_fixed_so_that_higher_means_more_integrated():

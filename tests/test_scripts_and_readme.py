@@ -28,7 +28,7 @@ def test_every_step_script_is_listed_and_documented():
     steps = {
         p.name
         for p in (PROJECT_ROOT / "scripts").glob("*.py")
-        if not p.name.startswith(("bench_", "sbc_", "two_step", "calibrate_"))
+        if not p.name.startswith(("bench_", "sbc_", "two_step", "calibrate_", "robustness"))
     }
     assert steps == set(SCRIPTS)
     readme = (PROJECT_ROOT / "README.md").read_text()

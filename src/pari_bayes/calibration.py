@@ -29,7 +29,6 @@ reach 2), adjusted R2 0.03, PCA share 5 points, KMO 0.05.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -41,11 +40,29 @@ from scipy import stats
 
 from pari_bayes._paths import PUBLISHED_DIR
 from pari_bayes.codebook import DIMENSIONS, Codebook
+from pari_bayes.estimation.ols import (
+    BASE_REGRESSORS,
+    CBO_REGRESSORS,
+    DIRECT_EFFECT,
+    OLSFit,
+    classical_ols,
+    fit_table4,
+    regressor_vifs,
+    stars,
+)
+from pari_bayes.estimation.ols import MODELS as MODEL_DIMENSION
+from pari_bayes.estimation.ols import TERMS as TABLE4_TERMS
 from pari_bayes.io import write_csv
+from pari_bayes.measurement.pca import fit_pca, pca_scores
 from pari_bayes.registry import Registry
 
+# Table 4's regressors, term names (our column -> Table 4's) and models (number ->
+# (dimension, with CBO terms)) are the baseline's, re-exported for the generator script.
 __all__ = [
     "N_PUBLISHED",
+    "BASE_REGRESSORS",
+    "CBO_REGRESSORS",
+    "MODEL_DIMENSION",
     "TABLE4_TERMS",
     "CalibrationResult",
     "published_tables",
@@ -63,21 +80,6 @@ __all__ = [
 
 #: The paper's sample size.
 N_PUBLISHED = 287
-
-#: Our regressor column -> Table 4's term name.
-TABLE4_TERMS = {
-    "residence_months": "residence_months",
-    "age": "age",
-    "gender": "gender",
-    "offfarm_employed": "employment",
-    "income_scale": "income_level",
-    "urban_hukou": "hukou",
-    "cbo_participation": "cbo_participation",
-    "cbo_existence": "cbo_existence",
-}
-BASE_REGRESSORS = tuple(list(TABLE4_TERMS)[:6])
-CBO_REGRESSORS = ("cbo_participation", "cbo_existence")
-MODEL_DIMENSION = {2 * i + 1 + w: (d, bool(w)) for i, d in enumerate(DIMENSIONS) for w in (0, 1)}
 
 #: Table 3 variable -> our column.
 TABLE3_COLUMNS = {
@@ -128,20 +130,13 @@ def published_tables(directory: Path | None = None) -> dict[str, pd.DataFrame]:
 
 
 # --------------------------------------------------------------------------------------
-# Fast PCA and OLS (used in the calibration loop)
+# PCA and OLS: the baseline's (measurement.pca, estimation.ols), array forms for the loop
 # --------------------------------------------------------------------------------------
-def _kmo(corr: np.ndarray) -> float:
-    inv = np.linalg.pinv(corr)
-    d = np.sqrt(np.outer(np.diag(inv), np.diag(inv)))
-    partial = -inv / d
-    off = ~np.eye(len(corr), dtype=bool)
-    r2 = (corr[off] ** 2).sum()
-    p2 = (partial[off] ** 2).sum()
-    return float(r2 / (r2 + p2))
-
-
 def fast_pca(items: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """First principal component of standardized items (the paper's section 3.3.1).
+    """First principal component of one dimension's items (the baseline's PCA).
+
+    A thin array form of :func:`pari_bayes.measurement.pca.fit_pca`, for the generator's
+    calibration loop (``scripts/calibrate_generator.py``).
 
     Parameters
     ----------
@@ -156,77 +151,41 @@ def fast_pca(items: np.ndarray) -> tuple[np.ndarray, float, float]:
         the overall KMO.
 
     """
-    x = np.asarray(items, dtype=float)
-    sd = x.std(axis=0, ddof=1)
-    sd[sd == 0] = 1.0
-    z = (x - x.mean(axis=0)) / sd
-    corr = np.corrcoef(z, rowvar=False)
-    val, vec = np.linalg.eigh(corr)
-    w = vec[:, -1]
-    if w.sum() < 0:
-        w = -w
-    raw = z @ w
-    score = (raw - raw.mean()) / raw.std(ddof=1)
-    return score, float(100 * val[-1] / val.sum()), _kmo(corr)
-
-
-@dataclass
-class OLSFit:
-    """Coefficients (const last), classical SEs, p-values, adjusted R2, AIC."""
-
-    names: list[str]
-    coef: np.ndarray
-    se: np.ndarray
-    p: np.ndarray
-    adj_r2: float
-    aic: float
+    fit = fit_pca(items)
+    return fit.score(items), fit.variance_explained_pct, fit.kmo
 
 
 def fast_ols(y: np.ndarray, X: np.ndarray, names: list[str]) -> OLSFit:
-    """Ordinary least squares with a constant (appended last)."""
-    n = len(y)
-    Xc = np.column_stack([X, np.ones(n)])
-    k = Xc.shape[1]
-    xtx_inv = np.linalg.inv(Xc.T @ Xc)
-    coef = xtx_inv @ Xc.T @ y
-    resid = y - Xc @ coef
-    rss = float(resid @ resid)
-    tss = float(((y - y.mean()) ** 2).sum())
-    s2 = rss / (n - k)
-    se = np.sqrt(np.diag(xtx_inv) * s2)
-    t = coef / se
-    p = 2 * stats.t.sf(np.abs(t), n - k)
-    adj = 1 - (rss / (n - k)) / (tss / (n - 1))
-    llf = -n / 2 * (np.log(2 * np.pi * rss / n) + 1)
-    return OLSFit([*names, "const"], coef, se, p, float(adj), float(-2 * llf + 2 * k))
+    """Ordinary least squares with a constant appended last (the baseline's OLS).
 
+    A thin array form of :func:`pari_bayes.estimation.ols.classical_ols`, for the
+    generator's calibration loop.
 
-def stars(p: float) -> str:
-    """Significance stars as the paper prints them (* p<0.1, ** p<0.05, *** p<0.01)."""
-    return "***" if p < 0.01 else "**" if p < 0.05 else "*" if p < 0.1 else ""
+    Parameters
+    ----------
+    y
+        Outcome.
+    X
+        Regressors (n, k) without the constant.
+    names
+        Names of the columns of ``X``; the fit's ``names`` end with ``const``.
 
+    Returns
+    -------
+    pari_bayes.estimation.ols.OLSFit
 
-def _pca_scores_fast(data: pd.DataFrame, codebook: Codebook) -> tuple[pd.DataFrame, dict]:
-    scores, diag = {}, {}
-    for dim in DIMENSIONS:
-        items = codebook.indicators[dim]
-        score, share, kmo = fast_pca(data[list(items)].to_numpy(dtype=float))
-        scores[dim] = score
-        diag[dim] = {"share": share, "kmo": kmo}
-    return pd.DataFrame(scores, index=data.index), diag
-
-
-def _pipeline_available() -> bool:
-    return (
-        importlib.util.find_spec("pari_bayes.measurement.pca") is not None
-        and importlib.util.find_spec("pari_bayes.estimation.ols") is not None
-    )
+    """
+    design = np.column_stack([np.asarray(X, dtype=float), np.ones(len(y))])
+    return classical_ols(np.asarray(y, dtype=float), design, [*names, "const"])
 
 
 def table4_statistics(
-    data: pd.DataFrame, codebook: Codebook, use_pipeline: bool = False
+    data: pd.DataFrame, codebook: Codebook
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Table 4 and the PCA figures of Table 2 through items -> PCA scores -> OLS.
+
+    Runs the baseline itself: :func:`~pari_bayes.measurement.pca.pca_scores` and
+    :func:`~pari_bayes.estimation.ols.fit_table4` (classical inference; no bootstrap).
 
     Parameters
     ----------
@@ -234,10 +193,6 @@ def table4_statistics(
         Survey rows with the derived columns (``Survey.data``).
     codebook
         Gives each dimension's items.
-    use_pipeline
-        Use the project's :mod:`pari_bayes.measurement.pca` and
-        :mod:`pari_bayes.estimation.ols` (when installed) instead of the fast numpy
-        versions here; both compute the same numbers.
 
     Returns
     -------
@@ -246,62 +201,23 @@ def table4_statistics(
         fit: model, dimension, adj_r2, aic; pca: dimension, share, kmo.
 
     """
-    if use_pipeline and _pipeline_available():
-        from pari_bayes.estimation.ols import fit_table4
-        from pari_bayes.measurement.pca import pca_scores
-
-        with warnings.catch_warnings():
-            # design notices (few clusters, ...) belong to `pari-bayes ols`, not here
-            warnings.simplefilter("ignore")
-            pca = pca_scores(data, codebook)
-            res = fit_table4(data, scores=pca.scores, n_boot=0, codebook=codebook)
-        coefs = res.coefficients
-        coefs = coefs[coefs["term"] != "direct_effect"]
-        coef_frame = coefs[["model", "dimension", "term", "coef", "se", "p", "stars"]].copy()
-        fit_frame = res.fit[["model", "dimension", "adj_r2", "aic"]].copy()
-        pca_rows = []
-        for dim in DIMENSIONS:
-            fit = pca.fits[dim]
-            pca_rows.append({"dimension": dim, "share": fit.variance_explained_pct, "kmo": fit.kmo})
-        return (
-            coef_frame.reset_index(drop=True),
-            fit_frame.reset_index(drop=True),
-            pd.DataFrame(pca_rows),
-        )
-    scores, diag = _pca_scores_fast(data, codebook)
-    rows, fits = [], []
-    for model, (dim, with_cbo) in MODEL_DIMENSION.items():
-        cols = [*BASE_REGRESSORS, *(CBO_REGRESSORS if with_cbo else ())]
-        fit = fast_ols(scores[dim].to_numpy(), data[cols].to_numpy(dtype=float), cols)
-        for j, name in enumerate(fit.names):
-            rows.append(
-                {
-                    "model": model,
-                    "dimension": dim,
-                    "term": TABLE4_TERMS.get(name, name),
-                    "coef": fit.coef[j],
-                    "se": fit.se[j],
-                    "p": fit.p[j],
-                    "stars": stars(fit.p[j]),
-                }
-            )
-        fits.append({"model": model, "dimension": dim, "adj_r2": fit.adj_r2, "aic": fit.aic})
-    pca = pd.DataFrame([{"dimension": d, **diag[d]} for d in DIMENSIONS])
-    return pd.DataFrame(rows), pd.DataFrame(fits), pca
-
-
-def regressor_vifs(data: pd.DataFrame) -> dict[str, float]:
-    """VIF of every Table 4 regressor, 1 / (1 - R2_j), by least squares (fast path)."""
-    cols = [*BASE_REGRESSORS, *CBO_REGRESSORS]
-    X = data[cols].to_numpy(dtype=float)
-    out = {}
-    for j, c in enumerate(cols):
-        others = np.column_stack([np.delete(X, j, axis=1), np.ones(len(X))])
-        beta, *_ = np.linalg.lstsq(others, X[:, j], rcond=None)
-        resid = X[:, j] - others @ beta
-        r2 = 1 - resid.var() / X[:, j].var()
-        out[c] = float(1 / (1 - r2))
-    return out
+    with warnings.catch_warnings():
+        # design notices (few clusters, ...) belong to `pari-bayes ols`, not here
+        warnings.simplefilter("ignore")
+        pca = pca_scores(data, codebook)
+        res = fit_table4(data, scores=pca.scores, n_boot=0, codebook=codebook)
+    coefs = res.coefficients
+    coefs = coefs[coefs["term"] != DIRECT_EFFECT]
+    coef_frame = coefs[["model", "dimension", "term", "coef", "se", "p", "stars"]]
+    fit_frame = res.fit[["model", "dimension", "adj_r2", "aic"]]
+    pca_frame = pd.DataFrame(
+        [
+            {"dimension": dim, "share": fit.variance_explained_pct, "kmo": fit.kmo}
+            for dim, fit in pca.fits.items()
+            if dim in DIMENSIONS
+        ]
+    )
+    return coef_frame.reset_index(drop=True), fit_frame.reset_index(drop=True), pca_frame
 
 
 def survey_statistics(data: pd.DataFrame, codebook: Codebook) -> dict[tuple[str, str], float]:
@@ -1027,7 +943,6 @@ def calibration_table(
     data: pd.DataFrame,
     codebook: Codebook,
     tables: dict[str, pd.DataFrame] | None = None,
-    use_pipeline: bool = True,
     audit: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Compare a survey's statistics with every published figure.
@@ -1040,9 +955,6 @@ def calibration_table(
         The survey's codebook.
     tables
         Published tables (bundled by default).
-    use_pipeline
-        Compute Table 4 and the PCA through the project's measurement and estimation
-        modules when they exist (the fast numpy versions otherwise).
     audit
         Audit findings; rows with a finding are marked in the ``audit`` column.
 
@@ -1057,7 +969,7 @@ def calibration_table(
     n = len(data)
     targets = calibration_targets(t, codebook, N_PUBLISHED)
     st = survey_statistics(data, codebook)
-    coefs, fits, pca = table4_statistics(data, codebook, use_pipeline=use_pipeline)
+    coefs, fits, pca = table4_statistics(data, codebook)
     coef_map = {(f"Table 4 (Model {r.model})", r.term): r for r in coefs.itertuples()}
     fit_map = {f"Table 4 (Model {r.model})": r for r in fits.itertuples()}
     pca_map = {r.dimension: r for r in pca.itertuples()}
@@ -1177,7 +1089,6 @@ class CalibrationResult:
 def write_calibration(
     survey,
     directory: Path,
-    use_pipeline: bool = True,
     tables: dict[str, pd.DataFrame] | None = None,
 ) -> CalibrationResult:
     """Write ``calibration.csv`` and ``audit.csv`` for a survey into an existing folder.
@@ -1188,9 +1099,6 @@ def write_calibration(
         A validated :class:`pari_bayes.survey.Survey`.
     directory
         Existing folder to write into (the command wraps it in ``io.output_dir``).
-    use_pipeline
-        Compute Table 4 and the PCA through the project's measurement and estimation
-        modules when available.
     tables
         Published tables (bundled by default).
 
@@ -1211,7 +1119,7 @@ def write_calibration(
     directory = Path(directory)
     t = tables if tables is not None else published_tables()
     audit = audit_published(t, N_PUBLISHED, survey.registry)
-    cal = calibration_table(survey.data, survey.codebook, t, use_pipeline=use_pipeline, audit=audit)
+    cal = calibration_table(survey.data, survey.codebook, t, audit=audit)
     paths = [
         write_csv(cal, directory / "calibration.csv"),
         write_csv(audit, directory / "audit.csv"),

@@ -28,6 +28,7 @@ import pandas as pd
 
 from pari_bayes._paths import DEFAULT_SURVEY, MODELS_DIR
 from pari_bayes._version import __version__
+from pari_bayes.effects import EffectTable, comparison_table
 from pari_bayes.io import atomic_write_text, write_csv
 from pari_bayes.survey import EXPOSURE_GROUPS, Survey
 from pari_bayes.workers import describe_fit
@@ -51,7 +52,9 @@ class RunOptions:
     dag
         The causal graph (DOT); ``models/dag.dot`` by default. It is identified once and
         the result is handed to every estimator, so its adjustment sets are the covariates
-        of every Bayesian fit and of the adjusted OLS.
+        of every Bayesian fit and of the adjusted OLS. Only a DAG given here also sets the
+        IPW participation model's covariates (without one IPW keeps the paper's Table 4
+        controls, :data:`pari_bayes.estimation.ipw.SURVEY_COVARIATES`).
     allow_unconverged
         Publish the effect rows of models that fail the convergence gate on every rung of
         the escalation ladder (marked UNCONVERGED); without it their diagnostics are
@@ -202,7 +205,7 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
     parsed = {Path(p): load_spec(p) for p in specs} if "fit" in steps else {}
     # One identification, on the run's DAG, handed to every estimator.
     identification = None
-    if steps & {"fit", "ols", "identification"}:
+    if steps & {"fit", "ols", "identification"} or ("ipw" in steps and options.dag is not None):
         from pari_bayes.identification.identify import identify
 
         progress.step(f"identifying the estimands on {options.dag or 'models/dag.dot'}")
@@ -237,11 +240,17 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             progress.step("design-based IPW under partial interference")
             from pari_bayes.estimation.ipw import write_ipw_survey
 
-            _step_dir(result, "ipw", write_ipw_survey)
+            # Without --dag the participation model keeps the paper's Table 4 controls
+            # (SURVEY_COVARIATES); with one, it adjusts for the DAG's adjustment set.
+            _step_dir(
+                result,
+                "ipw",
+                write_ipw_survey,
+                identification=identification if options.dag is not None else None,
+            )
             common = directory / "ipw" / "ipw_effects_common.csv"
             if common.exists():
-                ipw_effects = pd.read_csv(common)
-                ipw_effects.insert(0, "method", "ipw")
+                ipw_effects = EffectTable.read_csv(common, method="ipw")
 
     gates: dict[str, dict] = {}
     jobs = []
@@ -291,6 +300,8 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
 
     if table4 is not None:
         method_effects.append(_ols_effects(table4))
+        for job in jobs:
+            _fill_comparison(job.target, table4)
     for job in jobs:
         gate = gates[job.name]
         for message in str(gate.get("warnings") or "").split(" | "):
@@ -299,9 +310,9 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         if not gate["passed"]:
             failures.append(f"{job.name}: {gate.get('reason', 'failed')}")
         if (job.target / "effects.csv").exists():
-            eff = pd.read_csv(job.target / "effects.csv")
-            eff.insert(0, "method", f"bayes:{job.name}")
-            method_effects.append(eff)
+            method_effects.append(
+                EffectTable.read_csv(job.target / "effects.csv", method=f"bayes:{job.name}")
+            )
     if ipw_effects is not None:
         method_effects.append(ipw_effects)
 
@@ -309,8 +320,9 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         result.gate = pd.DataFrame(gate_rows)
         write_csv(result.gate, directory / "gate.csv")
     if method_effects:
-        result.effects = pd.concat(method_effects, ignore_index=True)
-        write_csv(result.effects, directory / "effects_all.csv")
+        table = EffectTable.concat(method_effects)
+        result.effects = table.frame
+        table.to_csv(directory / "effects_all.csv")
         _forest_plot(result.effects, directory / "effects_forest.png")
 
     meta = {
@@ -344,61 +356,80 @@ def _spec_cost(spec: Any) -> float:
     return get_estimator(spec.kind).cost
 
 
-def _ols_effects(table4) -> pd.DataFrame:
-    """DE/IE/TE rows of the OLS Models 2, 4, 6, 8 in the common effects format.
+def _ols_effects(table4: Any) -> EffectTable:
+    """DE/IE/TE rows of the OLS Models 2, 4, 6, 8 in the shared effects schema.
 
-    Two rows per estimand: ``ols`` with classical standard errors (as the paper) and
-    ``ols_cr2`` with CR2 standard errors and Bell-McCaffrey t quantiles (few clusters).
+    Two rows per estimand: ``ols`` with classical standard errors (as the paper, normal
+    90% interval) and ``ols_cr2`` with CR2 standard errors and Bell-McCaffrey t quantiles
+    (few clusters); with a DAG-adjusted companion regression also ``ols_dag_cr2``.
+
+    Parameters
+    ----------
+    table4
+        The OLS step's result (``coefficients`` in ``ols_table4.csv`` format; optional
+        ``adjusted`` in ``ols_adjusted.csv`` format).
+
+    Returns
+    -------
+    EffectTable
     """
-    from scipy import stats
-
-    coefs = table4.coefficients
     mapping = {"cbo_participation": "TE", "cbo_existence": "IE", "direct_effect": "DE"}
-    rows = []
-    for _, row in coefs.iterrows():
-        estimand = mapping.get(row["term"])
-        if estimand is None:
-            continue
-        mean = float(row["coef"])
-        for method, se, df in (
-            ("ols", float(row["se"]), None),
-            ("ols_cr2", float(row["se_cr2"]), float(row["df_cr2"])),
-        ):
-            z = stats.norm.ppf(0.95) if df is None else stats.t.ppf(0.95, df)
-            rows.append(
-                {
-                    "method": method,
-                    "dimension": row["dimension"],
-                    "estimand": estimand,
-                    "alpha": np.nan,
-                    "scope": "observed",
-                    "mean": mean,
-                    "sd": se,
-                    "q05": mean - z * se,
-                    "q50": mean,
-                    "q95": mean + z * se,
-                }
-            )
+    coefs = table4.coefficients
+    coefs = coefs[coefs["term"].isin(list(mapping))]
+    keys = pd.DataFrame({"dimension": coefs["dimension"], "estimand": coefs["term"].map(mapping)})
+    tables = [
+        EffectTable.from_estimates(
+            keys, coefs["coef"].to_numpy(), coefs["se"].to_numpy(), None, "ols"
+        ),
+        EffectTable.from_estimates(
+            keys,
+            coefs["coef"].to_numpy(),
+            coefs["se_cr2"].to_numpy(),
+            coefs["df_cr2"].to_numpy(),
+            "ols_cr2",
+        ),
+    ]
     adjusted = getattr(table4, "adjusted", None)
-    if adjusted is not None:
-        for _, row in adjusted.iterrows():
-            mean, se = float(row["coef"]), float(row["se_cr2"])
-            z = stats.t.ppf(0.95, float(row["df_cr2"]))
-            rows.append(
-                {
-                    "method": "ols_dag_cr2",
-                    "dimension": row["dimension"],
-                    "estimand": mapping[row["term"]],
-                    "alpha": np.nan,
-                    "scope": "observed",
-                    "mean": mean,
-                    "sd": se,
-                    "q05": mean - z * se,
-                    "q50": mean,
-                    "q95": mean + z * se,
-                }
+    if adjusted is not None and len(adjusted):
+        adj_keys = pd.DataFrame(
+            {"dimension": adjusted["dimension"], "estimand": adjusted["term"].map(mapping)}
+        )
+        tables.append(
+            EffectTable.from_estimates(
+                adj_keys,
+                adjusted["coef"].to_numpy(),
+                adjusted["se_cr2"].to_numpy(),
+                adjusted["df_cr2"].to_numpy(),
+                "ols_dag_cr2",
             )
-    return pd.DataFrame(rows)
+        )
+    # as before: each coefficient's ols and ols_cr2 rows together, the DAG rows last
+    frames = [t.frame.assign(_b=int(k == 2), _r=range(len(t)), _k=k) for k, t in enumerate(tables)]
+    rows = pd.concat(frames, ignore_index=True).sort_values(["_b", "_r", "_k"], kind="stable")
+    return EffectTable(rows.drop(columns=["_b", "_r", "_k"]))
+
+
+def _fill_comparison(target: Path, table4: Any) -> None:
+    """Fill a fit's ``comparison.csv`` OLS columns from the run's OLS step.
+
+    The effects module no longer refits Table 4 inside every Bayesian fit; the main job has
+    the OLS coefficients already, so a multilevel fit's comparison (Bayes beside OLS and
+    the published values) gets them here. Other files named ``comparison.csv`` (without
+    ``ols_coef``) are left alone.
+    """
+    path, effects_path = target / "comparison.csv", target / "effects.csv"
+    if not (path.exists() and effects_path.exists()):
+        return
+    old = pd.read_csv(path)
+    effects = pd.read_csv(effects_path)
+    needed = {"dimension", "estimand", "scope", "mean", "sd", "q05", "q95"}
+    if "ols_coef" not in old.columns or not needed <= set(effects.columns):
+        return
+    new = comparison_table(effects, ols=table4.coefficients)
+    for column in old.columns:
+        if column not in new.columns:  # e.g. status = UNCONVERGED
+            new[column] = old[column].iloc[0] if len(old) else np.nan
+    write_csv(new, path)
 
 
 def _forest_plot(effects: pd.DataFrame, path: Path) -> None:

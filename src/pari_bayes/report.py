@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from pari_bayes._version import __version__
+from pari_bayes.effects import EFFECT_COLUMNS
 from pari_bayes.io import atomic_write_text
 
 __all__ = ["build_report", "SECTIONS"]
@@ -198,7 +199,12 @@ def _effects_section(run_dir: Path) -> str:
         "are on the PCA-score scale (sd 1); the latent model is on the latent-factor scale "
         "(unit disturbance variance).</p>",
         image(run_dir, "effects_forest.png", "Effects by method (90% intervals)"),
-        csv_table(run_dir, "effects_all.csv"),
+        "<p>One row per method, dimension, estimand (alpha) and scope, in the one effects "
+        "schema (<code>pari_bayes.effects.EffectTable</code>): q05/q50/q95 are posterior "
+        "quantiles (interval <code>posterior</code>) or 90% Wald intervals "
+        "(<code>normal</code>, or <code>t</code> with <code>df</code>); prob_positive, "
+        "ESS and R-hat exist only for posterior draws.</p>",
+        csv_table(run_dir, "effects_all.csv", columns=list(EFFECT_COLUMNS)),
     ]
     return "".join(parts)
 

@@ -53,12 +53,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
 from pari_bayes.effects import EFFECT_COLUMNS as SHARED_EFFECT_COLUMNS
+from pari_bayes.effects import EffectTable
 from pari_bayes.errors import EstimationError, PariBayesWarning, SurveyDataError
 from pari_bayes.estimation.propensity import (
     GroupedDesign,
@@ -69,7 +71,7 @@ from pari_bayes.estimation.propensity import (
 )
 
 __all__ = [
-    "EFFECT_COLUMNS",
+    "INFERFERENCE_COLUMNS",
     "COMMON_COLUMNS",
     "IPWResult",
     "SurveyIPWResult",
@@ -77,11 +79,14 @@ __all__ = [
     "group_weights",
     "write_ipw_survey",
     "SURVEY_COVARIATES",
+    "PROPENSITY_ESTIMAND",
+    "survey_propensity_covariates",
     "FEW_GROUPS_NOTE",
 ]
 
-#: Columns of :attr:`IPWResult.effects` (``inferference``'s estimates table).
-EFFECT_COLUMNS = (
+#: Columns of :attr:`IPWResult.effects` (``inferference``'s estimates table; not the shared
+#: effects schema, which is :data:`COMMON_COLUMNS`).
+INFERFERENCE_COLUMNS = (
     "effect",
     "alpha1",
     "trt1",
@@ -92,9 +97,14 @@ EFFECT_COLUMNS = (
     "conf_low",
     "conf_high",
 )
-#: The shared effects format of the comparison table.
+#: The shared effects schema (:class:`pari_bayes.effects.EffectTable`) of the common table.
 COMMON_COLUMNS = SHARED_EFFECT_COLUMNS
-#: Covariates of the survey's participation model (the paper's Table 4 controls).
+#: Estimand whose adjustment set gives the participation model's covariates when an
+#: identification result (a DAG) is given: the propensity is that of own participation in
+#: CBO communities, the exposure of the direct effect.
+PROPENSITY_ESTIMAND = "DE"
+#: Covariates of the survey's participation model without a DAG (the paper's Table 4
+#: controls).
 SURVEY_COVARIATES = (
     "residence_months",
     "age",
@@ -145,7 +155,9 @@ def _weight_integral(
             raise EstimationError(
                 "the group-weight integrals did not reach the requested tolerance with "
                 f"{max_nodes} quadrature nodes; the random-intercept distribution may be "
-                "degenerate. Loosen `tol` or simplify the propensity model."
+                "degenerate. Raise the tolerance (`tol` of ipw_effects, --tol of "
+                "`pari-bayes ipw`; default 1e-8) or simplify the propensity model (fewer "
+                "covariates)."
             )
         previous = current
 
@@ -239,8 +251,8 @@ def _tables(
             key = (_KEY_MARGINAL if t is None else t, a)
             if key in quantities:
                 outcomes.append(_row("outcome", a, t, None, None, quantities[key], z))
-    effects = pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
-    outcome_frame = pd.DataFrame(outcomes, columns=list(EFFECT_COLUMNS))
+    effects = pd.DataFrame(rows, columns=list(INFERFERENCE_COLUMNS))
+    outcome_frame = pd.DataFrame(outcomes, columns=list(INFERFERENCE_COLUMNS))
     for frame in (effects, outcome_frame):
         for col in ("alpha1", "trt1", "alpha2", "trt2", "estimate"):
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
@@ -254,7 +266,7 @@ class IPWResult:
     Attributes
     ----------
     effects
-        Columns :data:`EFFECT_COLUMNS`: every direct, indirect, total and overall contrast
+        Columns :data:`INFERFERENCE_COLUMNS`: every direct, indirect, total and overall contrast
         ``Yhat(trt1, alpha1) - Yhat(trt2, alpha2)`` (``trt`` empty for overall effects).
     outcomes
         The same columns for the population estimates ``Yhat(a, alpha)`` (``trt1`` empty
@@ -619,10 +631,11 @@ class SurveyIPWResult:
     Attributes
     ----------
     effects, outcomes
-        :data:`EFFECT_COLUMNS` with a leading ``dimension`` column; allocation 0 stands
+        :data:`INFERFERENCE_COLUMNS` with a leading ``dimension`` column; allocation 0 stands
         for the CBO-free communities (participation impossible).
     propensity
-        The participation model fitted in the CBO communities.
+        The participation model fitted in the CBO communities (with a leading
+        ``dimensions`` column when dimensions have different adjustment sets).
     common
         DE/IE/TE/OE rows in the shared effects format (:data:`COMMON_COLUMNS`).
     alpha_observed
@@ -630,6 +643,8 @@ class SurveyIPWResult:
         DE, IE and TE in :attr:`common` are evaluated at this allocation.
     notes
         Plain-language statements about what four groups can support.
+    covariates
+        Participation-model covariates of each dimension.
 
     """
 
@@ -639,6 +654,7 @@ class SurveyIPWResult:
     common: pd.DataFrame
     alpha_observed: float
     notes: list[str]
+    covariates: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _survey_outcomes(survey) -> tuple[pd.DataFrame, str]:
@@ -662,46 +678,101 @@ def _survey_outcomes(survey) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(out).reset_index(drop=True), "standardized mean of the items"
 
 
-def _common_rows(dimension: str, q: dict, alpha_obs: float, allocations) -> list[dict]:
-    z = float(norm.ppf(0.95))
+def _common_rows(
+    dimension: str, q: dict, alpha_obs: float, allocations, n_groups: int | None = None
+) -> EffectTable:
+    """DE/IE/TE at the observed allocation and OE(alpha), in the shared effects schema.
+
+    Wald intervals from the sandwich standard errors (normal quantiles, 90%); with fewer
+    than 30 groups every row's ``note`` says the intervals are descriptive.
+    """
     none = q[(0, 0.0)]
-    rows = []
+    contrasts = [
+        ("DE", np.nan, q[(1, alpha_obs)] - q[(0, alpha_obs)]),
+        ("IE", np.nan, q[(0, alpha_obs)] - none),
+        ("TE", np.nan, q[(1, alpha_obs)] - none),
+    ]
+    contrasts += [("OE", alpha, q[(_KEY_MARGINAL, alpha)] - none) for alpha in allocations]
+    keys = pd.DataFrame(
+        {
+            "dimension": dimension,
+            "estimand": [c[0] for c in contrasts],
+            "alpha": [c[1] for c in contrasts],
+            "scope": "observed",
+        }
+    )
+    note = (
+        f"{n_groups} groups: sandwich SE not meaningful, descriptive"
+        if n_groups is not None and n_groups < 30
+        else ""
+    )
+    return EffectTable.from_estimates(
+        keys,
+        estimate=[c[2].estimate for c in contrasts],
+        se=[c[2].std_error for c in contrasts],
+        method="ipw",
+        note=note,
+    )
 
-    def add(estimand, quantity: _Quantity, alpha=np.nan):
-        se = quantity.std_error
-        rows.append(
-            {
-                "dimension": dimension,
-                "estimand": estimand,
-                "alpha": alpha,
-                "scope": "observed",
-                "mean": quantity.estimate,
-                "sd": se,
-                "q05": quantity.estimate - z * se,
-                "q50": quantity.estimate,
-                "q95": quantity.estimate + z * se,
-                "prob_positive": np.nan,
-                "ess_bulk": np.nan,
-                "r_hat": np.nan,
-            }
+
+def survey_propensity_covariates(
+    dimensions: Sequence[str],
+    identification: Any = None,
+    covariates: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """Covariates of the participation model for each dimension.
+
+    Parameters
+    ----------
+    dimensions
+        Integration dimensions (outcomes).
+    identification
+        An :class:`~pari_bayes.identification.identify.IdentificationResult` (the run's
+        DAG): each dimension gets the adjustment set of :data:`PROPENSITY_ESTIMAND`
+        (``identification.adjustment_set("DE", dimension)``), restricted to ``columns``,
+        like :func:`pari_bayes.estimation.ols.fit_adjusted_ols`.
+    covariates
+        An explicit list for every dimension (cannot be combined with ``identification``).
+    columns
+        Columns available in the data (all, when None).
+
+    Returns
+    -------
+    dict
+        ``{dimension: covariates}``; :data:`SURVEY_COVARIATES` without a DAG or list.
+
+    Raises
+    ------
+    EstimationError
+        If both ``identification`` and ``covariates`` are given.
+    """
+    if identification is not None and covariates is not None:
+        raise EstimationError(
+            "give the propensity covariates either as a list or through the identification "
+            "result (a DAG's adjustment set), not both."
         )
-
-    add("DE", q[(1, alpha_obs)] - q[(0, alpha_obs)])
-    add("IE", q[(0, alpha_obs)] - none)
-    add("TE", q[(1, alpha_obs)] - none)
-    for alpha in allocations:
-        add("OE", q[(_KEY_MARGINAL, alpha)] - none, alpha)
-    return rows
+    if identification is None:
+        chosen = tuple(SURVEY_COVARIATES if covariates is None else covariates)
+        return {dim: chosen for dim in dimensions}
+    out = {}
+    for dim in dimensions:
+        found = identification.adjustment_set(PROPENSITY_ESTIMAND, dim)
+        out[dim] = tuple(c for c in found if columns is None or c in columns)
+    return out
 
 
 def write_ipw_survey(
     survey,
     directory: Path,
     allocations: Sequence[float] = (0.3, 0.45, 0.6),
-    covariates: Sequence[str] = SURVEY_COVARIATES,
+    covariates: Sequence[str] | None = None,
     level: float = 0.95,
     quadrature: str = "agh",
     seed: int | None = None,
+    identification: Any = None,
+    tol: float = 1e-8,
+    bread: str = "hessian",
 ) -> SurveyIPWResult:
     """Apply the IPW estimators to the survey and write the tables into ``directory``.
 
@@ -716,7 +787,7 @@ def write_ipw_survey(
     ``Yhat(0, 0) = Yhat(alpha = 0)`` averages the CBO-free community means; contrasts across
     the strata add their (independent) variances.
 
-    Files: ``ipw_effects.csv`` and ``ipw_outcomes.csv`` (dimension + :data:`EFFECT_COLUMNS`,
+    Files: ``ipw_effects.csv`` and ``ipw_outcomes.csv`` (dimension + :data:`INFERFERENCE_COLUMNS`,
     ``inferference``'s sign convention), ``ipw_propensity.csv``, ``ipw_effects_common.csv``
     (DE = Y(1, a) - Y(0, a), IE = Y(0, a) - Y(0, 0), TE = Y(1, a) - Y(0, 0) at the observed
     participation share ``a``, OE(alpha) = Y(alpha) - Y(0, 0); q05/q50/q95 from the normal
@@ -731,13 +802,23 @@ def write_ipw_survey(
     allocations
         Allocations in ``(0, 1)``; the observed participation share is added.
     covariates
-        Covariates of the participation model.
+        Covariates of the participation model for every dimension; default
+        :data:`SURVEY_COVARIATES` (the paper's Table 4 controls) unless ``identification``
+        is given.
     level
         Confidence level.
     quadrature
         ``"laplace"`` or ``"agh"``.
     seed
         Unused (the estimator is deterministic); accepted for a uniform interface.
+    identification
+        The run's identification result (its DAG): each dimension's participation model
+        then adjusts for the DAG's adjustment set of the direct effect
+        (:func:`survey_propensity_covariates`); dimensions with the same set share one fit.
+    tol
+        Tolerance on ``log f(A_i | X_i)`` of the weight integrals.
+    bread
+        Sandwich bread, ``"hessian"`` or ``"opg"`` (see :func:`ipw_effects`).
 
     Returns
     -------
@@ -765,26 +846,32 @@ def write_ipw_survey(
     frame = data.loc[cbo].copy()
     for dim in scores.columns:
         frame[f"__y_{dim}"] = scores.loc[cbo, dim].to_numpy()
-    _, _, A, _, X = _prepare(
-        frame,
-        f"__y_{scores.columns[0]}",
-        "cbo_participation",
-        "community",
-        covariates,
-        None,
-        1.0,
+    chosen = survey_propensity_covariates(
+        list(scores.columns), identification, covariates, list(data.columns)
     )
-    design = GroupedDesign.build(X, frame["community"].to_numpy(), tuple(covariates))
-    order = design.order
-    fit = fit_propensity(design, A[order], quadrature=quadrature)
+    fits: dict[tuple[str, ...], tuple[GroupedDesign, PropensityFit]] = {}
+    for covs in dict.fromkeys(chosen.values()):
+        _, _, A, _, X = _prepare(
+            frame,
+            f"__y_{scores.columns[0]}",
+            "cbo_participation",
+            "community",
+            covs,
+            None,
+            1.0,
+        )
+        design = GroupedDesign.build(X, frame["community"].to_numpy(), tuple(covs))
+        fits[covs] = (design, fit_propensity(design, A[design.order], quadrature=quadrature))
     free = data.loc[~cbo]
     free_groups = sorted(free["community"].unique())
     n_cbo, n_free = design.n_groups, len(free_groups)
     effects, outcomes, common = [], [], []
     weights = None
     for dim in scores.columns:
+        design, fit = fits[chosen[dim]]
+        order = design.order
         y = frame[f"__y_{dim}"].to_numpy(dtype=float)
-        q, weights, _ = _quantities(fit, y[order], A[order], 1.0, allocs, 1e-8, "hessian")
+        q, weights, _ = _quantities(fit, y[order], A[order], 1.0, allocs, float(tol), bread)
         # embed the CBO-stratum influences in a vector over all groups, then add the
         # allocation-0 stratum: the plain mean of the CBO-free community means
         q = {k: _Quantity(v.estimate, np.r_[v.influence, np.zeros(n_free)]) for k, v in q.items()}
@@ -801,11 +888,41 @@ def write_ipw_survey(
         effects.append(eff.assign(dimension=dim))
         outcomes.append(out.assign(dimension=dim))
         if n_free:
-            common.extend(_common_rows(dim, q, alpha_obs, allocs))
-    cols = ["dimension", *EFFECT_COLUMNS]
+            common.append(_common_rows(dim, q, alpha_obs, allocs, n_cbo + n_free))
+    cols = ["dimension", *INFERFERENCE_COLUMNS]
     effects_frame = pd.concat(effects, ignore_index=True)[cols]
     outcomes_frame = pd.concat(outcomes, ignore_index=True)[cols]
-    common_frame = pd.DataFrame(common, columns=list(COMMON_COLUMNS))
+    common_frame = EffectTable.concat(common).frame
+    if len(fits) == 1:
+        propensity = fit.table()
+    else:  # one participation model per distinct adjustment set
+        propensity = pd.concat(
+            [
+                f.table().assign(dimensions=" ".join(d for d, c in chosen.items() if c == covs))
+                for covs, (_, f) in fits.items()
+            ],
+            ignore_index=True,
+        )[["dimensions", "term", "estimate", "std_error"]]
+    if len(fits) == 1:
+        covs, (_, only) = next(iter(fits.items()))
+        model_text = f"on {', '.join(covs) or 'an intercept only'}, fit by maximum likelihood "
+        model_text += f"({quadrature}) in the CBO communities" + (
+            " (the random-intercept sd was estimated at 0)." if only.boundary else "."
+        )
+    else:
+        model_text = f"fit by maximum likelihood ({quadrature}) in the CBO communities, one "
+        model_text += "per adjustment set: " + "; ".join(
+            f"{', '.join(d for d, c in chosen.items() if c == covs)} on "
+            f"{', '.join(covs) or 'an intercept only'}"
+            + (" (random-intercept sd estimated at 0)" if f.boundary else "")
+            for covs, (_, f) in fits.items()
+        )
+        model_text += "."
+    if identification is not None:
+        model_text += (
+            f" Covariates: the adjustment set of {PROPENSITY_ESTIMAND} on the DAG "
+            f"{getattr(identification, 'dag_path', '') or '(identification result)'}."
+        )
     cbo_names = list(design.labels)
     notes = [
         FEW_GROUPS_NOTE.format(
@@ -816,9 +933,7 @@ def write_ipw_survey(
             free=", ".join(map(str, free_groups)) or "none",
         ),
         f"Outcome: {outcome_label} per dimension. Treatment: cbo_participation. Propensity "
-        f"model: logistic with a community random intercept on {', '.join(covariates)}, "
-        f"fit by maximum likelihood ({quadrature}) in the CBO communities"
-        + (" (the random-intercept sd was estimated at 0)." if fit.boundary else "."),
+        f"model: logistic with a community random intercept {model_text}",
         f"Observed participation share in the CBO communities: {alpha_obs:.2f}; the common "
         "table's DE, IE and TE are evaluated at that allocation; OE(alpha) = Y(alpha) - "
         "Y(0, 0). ipw_effects.csv follows inferference's sign convention (direct = "
@@ -848,7 +963,7 @@ def write_ipw_survey(
     directory = Path(directory)
     write_csv(effects_frame, directory / "ipw_effects.csv")
     write_csv(outcomes_frame, directory / "ipw_outcomes.csv")
-    write_csv(fit.table(), directory / "ipw_propensity.csv")
+    write_csv(propensity, directory / "ipw_propensity.csv")
     write_csv(common_frame, directory / "ipw_effects_common.csv")
     atomic_write_text(directory / "ipw_notes.txt", "\n\n".join(notes) + "\n")
     warnings.warn(
@@ -860,10 +975,11 @@ def write_ipw_survey(
     return SurveyIPWResult(
         effects=effects_frame,
         outcomes=outcomes_frame,
-        propensity=fit.table(),
+        propensity=propensity,
         common=common_frame,
         alpha_observed=alpha_obs,
         notes=notes,
+        covariates=dict(chosen),
     )
 
 

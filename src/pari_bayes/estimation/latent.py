@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pari_bayes.effects import EffectTable
 from pari_bayes.errors import ConvergenceError, EstimationError, SpecError
 from pari_bayes.estimation.posterior import write_posterior
 from pari_bayes.io import write_csv
@@ -107,9 +108,16 @@ _DEFAULT_PRIORS: dict[str, Any] = {
     # away from 0 (a loading at 0 would make the factor's sign unidentified).
     "loading_mu": 0.0,
     "loading_sigma": 0.5,
-    # For hurdle items the log amount is standardized, so loadings are on the sd scale.
-    "hurdle_loading_mu": -0.7,
-    "hurdle_loading_sigma": 0.5,
+    # Hurdle items (standardized log amounts) are parameterized by their total sd given the
+    # covariates, sqrt(loading^2 + residual sd^2) ~ HalfNormal(hurdle_sigma), and the share of
+    # that variance the factor explains, R^2 ~ Beta(hurdle_r2_alpha, hurdle_r2_beta). Beta(2, 2)
+    # (90% in 0.14-0.86) has zero density at R^2 = 1: an amount whose factor explains all of
+    # its variance (residual sd -> 0, a Heywood case) would make every household's factor value
+    # a deterministic function of one item, the funnel that failed the gate on a
+    # 1,200-household survey (issue 14); at R^2 = 0 the item carries no information and the
+    # factor's other items take over.
+    "hurdle_r2_alpha": 2.0,
+    "hurdle_r2_beta": 2.0,
     "cutpoint_sd": 2.5,
     "intercept_sd": 2.5,
     "hurdle_sigma": 1.0,
@@ -295,6 +303,12 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
     priors = dict(_DEFAULT_PRIORS)
     # [latent_priors]: plain numbers (the multilevel [priors] tables do not apply here)
     for key, value in dict(raw.get("latent_priors", {})).items():
+        if key in ("hurdle_loading_mu", "hurdle_loading_sigma"):
+            raise SpecError(
+                f"{w}[latent_priors] {key!r} was replaced: a hurdle item's loading and residual "
+                "sd now follow from its total sd (hurdle_sigma) and the share of its variance "
+                "the factor explains (hurdle_r2_alpha, hurdle_r2_beta); see docs/latent.md"
+            )
         if key not in _DEFAULT_PRIORS:
             raise SpecError(
                 f"{w}[latent_priors] {key!r} is unknown; allowed: {sorted(_DEFAULT_PRIORS)}"
@@ -681,21 +695,39 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
         )
 
         # ---- measurement part: one positive loading per item
-        mu = np.array(
-            [
-                pri["hurdle_loading_mu"] if it.kind == "hurdle_lognormal" else pri["loading_mu"]
-                for it in items
-            ]
+        hurdle_pos = (
+            np.array([item_pos[it.name] for it in data.hurdle.items], dtype=int)
+            if data.hurdle is not None
+            else np.zeros(0, dtype=int)
         )
-        sd = np.array(
-            [
-                pri["hurdle_loading_sigma"]
-                if it.kind == "hurdle_lognormal"
-                else pri["loading_sigma"]
-                for it in items
-            ]
-        )
-        loading = pm.LogNormal("loading", mu=mu, sigma=sd, dims="indicator")
+        other_pos = np.setdiff1d(np.arange(len(items)), hurdle_pos)
+        loading = pt.zeros(len(items))
+        if other_pos.size:
+            model.add_coord("indicator_logit", [items[j].name for j in other_pos])
+            logit_loading = pm.LogNormal(
+                "logit_loading",
+                mu=pri["loading_mu"],
+                sigma=pri["loading_sigma"],
+                dims="indicator_logit",
+            )
+            loading = loading[other_pos].set(logit_loading)
+        h_sigma = None
+        if hurdle_pos.size:
+            model.add_coord("hurdle_indicator", [it.name for it in data.hurdle.items])
+            h_total = pm.HalfNormal(
+                "log_amount_total_sd", pri["hurdle_sigma"], dims="hurdle_indicator"
+            )
+            h_r2 = pm.Beta(
+                "log_amount_r2",
+                alpha=pri["hurdle_r2_alpha"],
+                beta=pri["hurdle_r2_beta"],
+                dims="hurdle_indicator",
+            )
+            loading = loading[hurdle_pos].set(h_total * pt.sqrt(h_r2))
+            h_sigma = pm.Deterministic(
+                "log_amount_sd", h_total * pt.sqrt(1.0 - h_r2), dims="hurdle_indicator"
+            )
+        loading = pm.Deterministic("loading", loading, dims="indicator")
         n_free = int(free.sum())
         shift = None
         log_dev = None
@@ -805,9 +837,7 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
 
         if data.hurdle is not None:
             hd = data.hurdle
-            model.add_coord("hurdle_indicator", [it.name for it in hd.items])
             h_mu = pm.Normal("log_amount_mean", 0.0, 1.0, dims="hurdle_indicator")
-            h_sigma = pm.HalfNormal("log_amount_sd", pri["hurdle_sigma"], dims="hurdle_indicator")
             pm.CustomDist(
                 "y_hurdle_amount",
                 h_mu[None, :] + item_linear(hd.items),
@@ -980,25 +1010,13 @@ def _potential_outcome_means(
     return out
 
 
-def _effect_row(dimension: str, estimand: str, alpha, scope: str, draws: np.ndarray, n_chains: int):
-    import arviz as az
-
-    per_chain = draws.reshape(n_chains, -1)
-    return {
-        "dimension": dimension,
-        "estimand": estimand,
-        "alpha": alpha,
-        "scope": scope,
-        "mean": float(draws.mean()),
-        "sd": float(draws.std(ddof=1)),
-        "q05": float(np.quantile(draws, 0.05)),
-        "q50": float(np.quantile(draws, 0.5)),
-        "q95": float(np.quantile(draws, 0.95)),
-        "prob_positive": float((draws > 0).mean()),
-        "ess_bulk": float(az.ess(per_chain, method="bulk")),
-        "ess_tail": float(az.ess(per_chain, method="tail")),
-        "r_hat": float(az.rhat(per_chain)),
-    }
+def _effect_row(
+    dimension: str, estimand: str, alpha, scope: str, draws: np.ndarray, n_chains: int
+) -> EffectTable:
+    """One effect's posterior summary (flat draws, chain after chain) as a one-row table."""
+    return EffectTable.from_draws(
+        [(dimension, estimand, alpha, scope, draws)], method="bayes", n_chains=n_chains
+    )
 
 
 def latent_effects(idata, design: LatentDesign, spec: LatentSpec, seed: int = 0) -> pd.DataFrame:
@@ -1013,7 +1031,8 @@ def latent_effects(idata, design: LatentDesign, spec: LatentSpec, seed: int = 0)
     Returns
     -------
     pandas.DataFrame
-        The effects table (plus an ``ess_tail`` column used by the gate).
+        The :class:`~pari_bayes.effects.EffectTable` frame (its ``ess_tail`` column is
+        used by the gate).
     """
     n_chains = idata.posterior.sizes["chain"]
     in_cbo = design.presence[design.community_index] == 1
@@ -1030,7 +1049,7 @@ def latent_effects(idata, design: LatentDesign, spec: LatentSpec, seed: int = 0)
             for a in alphas:
                 oe = a * y11 + (1 - a) * y01 - y00
                 rows.append(_effect_row(dim, "OE", round(a, 4), scope, oe, n_chains))
-    table = pd.DataFrame(rows)
+    table = EffectTable.concat(rows).frame
     order = {"DE": 0, "IE": 1, "TE": 2, "OE": 3}
     table["_d"] = table["dimension"].map({d: i for i, d in enumerate(spec.factors)})
     table["_e"] = table["estimand"].map(order)
@@ -1094,6 +1113,8 @@ _GATED = (
     "loading",
     "intercept",
     "log_amount_mean",
+    "log_amount_total_sd",
+    "log_amount_r2",
     "log_amount_sd",
     "zero_intercept",
     "zero_loading",
@@ -1539,10 +1560,12 @@ def simulate_from_prior(
     params: dict[str, dict[str, object]] = {}
     loadings = {}
     for it in spec.items:
-        hurdle = it.kind == "hurdle_lognormal"
-        mu = pri["hurdle_loading_mu"] if hurdle else pri["loading_mu"]
-        sd = pri["hurdle_loading_sigma"] if hurdle else pri["loading_sigma"]
-        lam = float(np.exp(rng.normal(mu, sd)))
+        if it.kind == "hurdle_lognormal":  # total sd and variance share, as in the model
+            total = abs(rng.normal(0, pri["hurdle_sigma"]))
+            r2 = rng.beta(pri["hurdle_r2_alpha"], pri["hurdle_r2_beta"])
+            lam, resid_sd = float(total * np.sqrt(r2)), float(total * np.sqrt(1 - r2))
+        else:
+            lam = float(np.exp(rng.normal(pri["loading_mu"], pri["loading_sigma"])))
         loadings[it.name] = lam
         if it.kind == "ordinal":
             cuts = np.sort(rng.normal(0, pri["cutpoint_sd"], len(it.levels) - 1))
@@ -1553,7 +1576,7 @@ def simulate_from_prior(
             params[it.name] = {
                 "loading": lam,
                 "mu": rng.normal(0, 1),
-                "sigma": abs(rng.normal(0, pri["hurdle_sigma"])),
+                "sigma": resid_sd,
             }
             if it.zero_model:
                 params[it.name]["zero_intercept"] = rng.normal(0, pri["intercept_sd"])

@@ -326,17 +326,97 @@ def build_design(
 # --------------------------------------------------------------------------------------
 
 
+def community_counts(design: MultilevelDesign) -> np.ndarray:
+    """Households per community (float, at least 1 so empty levels cannot divide by 0)."""
+    counts = np.bincount(design.community_index, minlength=len(design.communities))
+    return np.maximum(counts, 1).astype(float)
+
+
+def marginal_loglik(resid, community_index, counts, chol, tau, n_dims: int):
+    """Log-likelihood with the community deviations integrated out (PyTensor graph).
+
+    Household ``i`` of community ``c`` has ``r_i = y_i - m_i = u_c + e_i`` with
+    ``u_c ~ Normal(0, T)``, ``T = diag(tau^2)``, and ``e_i ~ Normal(0, Sigma)``,
+    ``Sigma = chol chol'``. Integrating ``u_c`` out, the likelihood of a community splits
+    into the deviations from its mean, which do not involve ``u_c``, and its mean::
+
+        log p(r_c) = sum_i log N(r_i - rbar_c; 0, Sigma) [on n_c - 1 degrees of freedom]
+                     - (K / 2) log n_c + log N(rbar_c; 0, T + Sigma / n_c)
+
+    (Gaussian conjugacy; every term is a K x K computation per community, so the cost is
+    O(n K^2 + C K^3) per gradient). With few communities ``tau`` is weakly identified and
+    the sampled deviations of the usual (centred or non-centred) parameterization form a
+    funnel with ``tau``; integrated out, no funnel is left. The deviations are drawn after
+    sampling from their exact conditional posterior (:func:`draw_community_deviations`).
+
+    Parameters
+    ----------
+    resid
+        (n, K) tensor ``y - m`` without the community deviations.
+    community_index
+        (n,) integer community of each household.
+    counts
+        (C,) households per community.
+    chol
+        (K, K) lower Cholesky factor of the household-level residual covariance.
+    tau
+        (K,) sd of the community deviations.
+    n_dims
+        K, the number of outcomes (the substitution is unrolled over them).
+    """
+    import pytensor.tensor as pt
+
+    n, K = resid.shape[0], n_dims
+    C = counts.shape[0]
+    sums = pt.inc_subtensor(pt.zeros((C, K))[community_index], resid)
+    rbar = sums / counts[:, None]
+    dev = resid - rbar[community_index]
+    log2pi = np.log(2 * np.pi)
+    if K == 1:  # one outcome: every matrix is a scalar
+        sd = chol[0, 0]
+        within = -0.5 * pt.sum(dev**2) / sd**2 - (n - C) * pt.log(sd)
+        m = tau[0] ** 2 + sd**2 / counts
+        between = -0.5 * pt.sum(rbar[:, 0] ** 2 / m) - 0.5 * pt.sum(pt.log(m))
+        return within + between - 0.5 * pt.sum(pt.log(counts)) - 0.5 * n * log2pi
+    # check_finite=False: a non-finite proposal (early tuning) gives a NaN log density,
+    # which the sampler rejects, instead of an exception that stops the chain
+    chol_inv = pt.linalg.solve_triangular(chol, pt.eye(K), lower=True, check_finite=False)
+    z_within = pt.dot(dev, chol_inv.T)
+    within = (
+        -0.5 * pt.sum(z_within**2)
+        - (n - C) * pt.sum(pt.log(pt.diag(chol)))
+        - 0.5 * K * pt.sum(pt.log(counts))
+    )
+    sigma = pt.dot(chol, chol.T)
+    m = pt.diag(tau**2)[None, :, :] + sigma[None, :, :] / counts[:, None, None]
+    lc = pt.linalg.cholesky(m, check_finite=False, on_error="nan")  # batched over communities
+    # forward substitution lc x = rbar, unrolled over the (few) dimensions: the batched
+    # triangular solve has no compiled numba kernel, this is K vectorized steps
+    xs = []
+    for k in range(n_dims):
+        acc = rbar[:, k]
+        for j in range(k):
+            acc = acc - lc[:, k, j] * xs[j]
+        xs.append(acc / lc[:, k, k])
+    x = pt.stack(xs, axis=1)
+    between = -0.5 * pt.sum(x**2) - pt.sum(pt.log(pt.diagonal(lc, axis1=1, axis2=2)))
+    return within + between - 0.5 * n * K * log2pi
+
+
 def build_model(design: MultilevelDesign, spec: ModelSpec, multivariate: bool | None = None):
     """Build the PyMC model of a design.
 
     Household ``i`` in community ``c``, outcome ``k`` (standardized)::
 
-        y_ik = b0_k + x_i' beta_k + DE_k * a_i + u_ck + e_ik
-        u_ck = IE_k * presence_c + tau_k * z_ck,   z_ck ~ Normal(0, 1)
+        y_ik = b0_k + x_i' beta_k + DE_k * a_i + IE_k * presence_c + d_ck + e_ik
+        d_ck ~ Normal(0, tau_k)   (community deviation, integrated out)
 
     with ``e_i ~ MvNormal(0, Sigma)`` (LKJ prior on the correlations) when multivariate,
-    else independent Normal(0, sigma_k). Data (outcomes, prior scale of tau) are
-    ``pm.Data`` so a compiled model can be refitted with new values.
+    else independent Normal(0, sigma_k). The deviations ``d_c`` are not sampled: the
+    likelihood is :func:`marginal_loglik` (exact), and :func:`draw_community_deviations`
+    draws them from their conditional posterior after sampling. Data (outcomes, prior scale
+    of tau, community sizes) are ``pm.Data`` so a compiled model can be refitted with new
+    values.
 
     Returns
     -------
@@ -391,14 +471,6 @@ def build_model(design: MultilevelDesign, spec: ModelSpec, multivariate: bool | 
         tau = prior_variable(
             "community_sd", priors["community_sd"], dims="dimension", scale=tau_scale
         )
-        # Sum-to-zero community deviations: with few communities the intercept and the mean
-        # of the z's are otherwise nearly unidentified from each other (a ridge in the
-        # posterior that costs ESS). tau stays the sd of a community's deviation.
-        z = pm.ZeroSumNormal("community_z", sigma=1.0, dims=("dimension", "community"))
-        u = pm.Deterministic(
-            "community_effect", community + tau[None, :] * z.T, dims=("community", "dimension")
-        )
-        mu = mu + u[cidx]
         resid = priors["residual_sd"]
         if multivariate:
             sd_dist = {
@@ -418,23 +490,14 @@ def build_model(design: MultilevelDesign, spec: ModelSpec, multivariate: bool | 
             pm.Deterministic("residual_sd", stds, dims="dimension")
             model.add_coord("dimension_bis", list(design.dimensions))
             pm.Deterministic("residual_corr", corr, dims=("dimension", "dimension_bis"))
-            # The MvNormal density written out with the inverse Cholesky factor (one KxK
-            # triangular solve per gradient instead of one per household): same density as
-            # pm.MvNormal(mu, chol=chol, observed=y), several times faster under nutpie.
-            chol_inv = pt.linalg.solve_triangular(chol, pt.eye(K), lower=True)
-            z_resid = pt.dot(y - mu, chol_inv.T)
-            n = design.n
-            pm.Potential(
-                "y_obs_loglik",
-                -0.5 * pt.sum(z_resid**2)
-                - n * pt.sum(pt.log(pt.diag(chol)))
-                - 0.5 * n * K * np.log(2 * np.pi),
-            )
         else:
             sigma = prior_variable("residual_sd", resid, dims="dimension")
-            pm.Normal(
-                "y_obs", mu=mu, sigma=sigma[None, :], observed=y, dims=("household", "dimension")
-            )
+            chol = pt.diag(sigma)
+        # The community deviations tau * z_c are integrated out of the likelihood
+        # (marginal_loglik) and drawn afterwards from their exact conditional posterior.
+        counts = pm.Data("community_size", community_counts(design), dims="community")
+        m = mu + community[cidx] if design.has_presence else mu
+        pm.Potential("y_obs_loglik", marginal_loglik(y - m, cidx, counts, chol, tau, K))
     return model
 
 
@@ -583,7 +646,7 @@ def _fit_design(
             covariate_mask=design.covariate_mask,
             **off,
         )
-        post = post.drop_vars(dropped)
+        post = draw_community_deviations(post.drop_vars(dropped), design, _deviation_rng(seed))
         return _Fitted(post, stats, secs, sampler.compile_time), sampler
     first = design.with_dimensions(design.dimensions[:1])
     if sampler is None:
@@ -599,10 +662,17 @@ def _fit_design(
         posts.append(_rename_dim(post.drop_vars(dropped), dim))
         stats_list.append(stats.expand_dims(dimension=[dim]))
         seconds.append(secs)
-    posterior = xr.concat(posts, dim="dimension")
+    posterior = draw_community_deviations(
+        xr.concat(posts, dim="dimension"), design, _deviation_rng(seed)
+    )
     stats = xr.concat(stats_list, dim="dimension")
     fitted = _Fitted(posterior, stats, sum(seconds), sampler.compile_time, tuple(seconds))
     return fitted, sampler
+
+
+def _deviation_rng(seed: int) -> np.random.Generator:
+    """Return the generator of the community-deviation draws (own stream of the seed)."""
+    return np.random.default_rng([int(seed), 1])
 
 
 def reduced_design(design: MultilevelDesign, drop: tuple[str, ...]) -> MultilevelDesign:
@@ -626,6 +696,109 @@ def reduced_design(design: MultilevelDesign, drop: tuple[str, ...]) -> Multileve
 
 def _arr(posterior: xr.Dataset, name: str, *dims: str) -> np.ndarray:
     return posterior[name].transpose("chain", "draw", *dims).to_numpy()
+
+
+def _residual_cov(posterior: xr.Dataset) -> np.ndarray:
+    """Household-level residual covariance per draw, shape (chain, draw, K, K)."""
+    sd = _arr(posterior, "residual_sd", "dimension")
+    if "residual_corr" in posterior:
+        corr = _arr(posterior, "residual_corr", "dimension", "dimension_bis")
+        return corr * sd[..., :, None] * sd[..., None, :]
+    return sd[..., :, None] ** 2 * np.eye(sd.shape[-1])
+
+
+def _presence_term(posterior: xr.Dataset, design: MultilevelDesign) -> np.ndarray:
+    """``IE * (presence_c - centre)`` per draw, shape (chain, draw, community, dimension)."""
+    tau = _arr(posterior, "community_sd", "dimension")
+    if not (design.has_presence and "spillover_effect" in posterior):
+        return np.zeros((*tau.shape[:2], len(design.communities), tau.shape[-1]))
+    ie = _arr(posterior, "spillover_effect", "dimension")
+    s = design.presence - design.presence_center
+    return s[None, None, :, None] * ie[:, :, None, :]
+
+
+def draw_community_deviations(
+    posterior: xr.Dataset, design: MultilevelDesign, rng: np.random.Generator
+) -> xr.Dataset:
+    """Add exact posterior draws of the community deviations to a posterior.
+
+    The sampler integrates the deviations ``d_c ~ Normal(0, T)`` out
+    (:func:`marginal_loglik`); given a draw of the other parameters their conditional
+    posterior is Gaussian, and a draw of it is taken by Matheron's rule (no covariance
+    factorization that could break when ``tau`` is near 0)::
+
+        d_c = d0 + T (T + Sigma / n_c)^{-1} (rbar_c - d0 - ebar),
+        d0 ~ Normal(0, T),  ebar ~ Normal(0, Sigma / n_c)
+
+    where ``rbar_c`` is the community's mean residual. The (parameter, deviation) pairs are
+    then draws of the joint posterior of the model with the deviations sampled.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``posterior`` with ``community_deviation`` (``d_c``) and ``community_effect``
+        (``IE * presence_c + d_c``, centred presence), dims (chain, draw, community,
+        dimension).
+    """
+    counts = community_counts(design)
+    C = len(design.communities)
+    idx = design.community_index
+
+    def community_mean(values: np.ndarray) -> np.ndarray:
+        out = np.zeros((C, values.shape[1]))
+        np.add.at(out, idx, values)
+        return out / counts[:, None]
+
+    ybar = community_mean(design.y)
+    tau = _arr(posterior, "community_sd", "dimension")
+    m = _arr(posterior, "intercept", "dimension")[:, :, None, :]
+    if design.covariates:
+        beta = _arr(posterior, "beta", "covariate", "dimension") * design.covariate_mask
+        m = m + np.einsum("cj,hdjk->hdck", community_mean(design.X), beta)
+    if design.has_treatment and "direct_effect" in posterior:
+        abar = community_mean((design.treatment - design.treatment_center)[:, None])[:, 0]
+        m = (
+            m
+            + abar[None, None, :, None]
+            * _arr(posterior, "direct_effect", "dimension")[:, :, None, :]
+        )
+    presence = _presence_term(posterior, design)
+    rbar = ybar[None, None] - m - presence
+    cov = _residual_cov(posterior)
+    chol = np.linalg.cholesky(cov)
+    T = tau**2
+    dev = np.empty_like(rbar)
+    for c in range(tau.shape[0]):  # one chain at a time bounds the memory of the solves
+        d0 = tau[c][:, None, :] * rng.standard_normal(rbar[c].shape)
+        ebar = np.einsum("dkl,dcl->dck", chol[c], rng.standard_normal(rbar[c].shape))
+        ebar = ebar / np.sqrt(counts)[None, :, None]
+        M = np.einsum("dk,kl->dkl", T[c], np.eye(T.shape[-1]))[:, None] + (
+            cov[c][:, None] / counts[None, :, None, None]
+        )
+        sol = np.linalg.solve(M, (rbar[c] - d0 - ebar)[..., None])[..., 0]
+        dev[c] = d0 + T[c][:, None, :] * sol
+    dims = ("chain", "draw", "community", "dimension")
+    coords = {"community": list(design.communities)}
+    return posterior.assign(
+        community_deviation=xr.DataArray(dev, dims=dims, coords=coords),
+        community_effect=xr.DataArray(dev + presence, dims=dims, coords=coords),
+    )
+
+
+def _prior_community(prior: xr.Dataset, design: MultilevelDesign, rng: np.random.Generator):
+    """Add prior draws of the community deviations and effects to a prior dataset."""
+    tau = _arr(prior, "community_sd", "dimension")
+    dev = tau[:, :, None, :] * rng.standard_normal(
+        (*tau.shape[:2], len(design.communities), tau.shape[-1])
+    )
+    dims = ("chain", "draw", "community", "dimension")
+    coords = {"community": list(design.communities)}
+    return prior.assign(
+        community_deviation=xr.DataArray(dev, dims=dims, coords=coords),
+        community_effect=xr.DataArray(
+            dev + _presence_term(prior, design), dims=dims, coords=coords
+        ),
+    )
 
 
 def _linear_predictor(
@@ -673,8 +846,8 @@ def potential_means(
     a, s
         Own participation and community CBO presence.
     scope
-        ``"observed"``: each household keeps its own community's random effect
-        ``tau * z_c``; ``"new"``: every household is placed in one new community whose
+        ``"observed"``: each household keeps its own community's deviation ``d_c``;
+        ``"new"``: every household is placed in one new community whose
         effect is drawn from the population of communities (``tau * z_new``).
     rng, new_z
         Source of ``z_new`` (shape (chain, draw, dimension)); pass the same ``new_z`` to
@@ -692,15 +865,19 @@ def potential_means(
         else np.zeros_like(tau)
     )
     if scope == "observed":
-        z = _arr(posterior, "community_z", "community", "dimension")[:, :, design.community_index]
+        if "community_deviation" in posterior:
+            dev = _arr(posterior, "community_deviation", "community", "dimension")
+        else:  # a posterior with the deviations sampled non-centred (tau * z)
+            dev = tau[:, :, None, :] * _arr(posterior, "community_z", "community", "dimension")
+        dev = dev[:, :, design.community_index]
     elif scope == "new":
         if new_z is None:
             rng = rng or np.random.default_rng(0)
             new_z = rng.standard_normal(tau.shape)
-        z = new_z[:, :, None, :]
+        dev = tau[:, :, None, :] * new_z[:, :, None, :]
     else:
         raise ValueError(f"scope {scope!r}; allowed: observed, new")
-    term = (s - design.presence_center) * ie[:, :, None, :] + tau[:, :, None, :] * z
+    term = (s - design.presence_center) * ie[:, :, None, :] + dev
     mu = _linear_predictor(
         posterior, design, treatment=np.full(design.n, float(a)), community_term=term
     )
@@ -791,27 +968,29 @@ class FitResult:
     files: list[str] = field(default_factory=list)
 
 
-def _prior_groups(model, spec: ModelSpec, seed: int) -> tuple[xr.Dataset, xr.Dataset]:
+def _prior_groups(
+    model, design: MultilevelDesign, spec: ModelSpec, seed: int, multivariate: bool
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """Prior draws of the parameters and community deviations, and the prior predictive.
+
+    The likelihood is a Potential (the deviations are integrated out), which constrains no
+    parameter a priori; the prior predictive is drawn with the posterior predictive's own
+    code (:func:`_predictive_groups`) from the prior draws.
+    """
     import pymc as pm
 
     with model, warnings.catch_warnings():
-        # The multivariate likelihood is the only Potential; it constrains no parameter a
-        # priori, and its prior predictive is drawn separately (see fit_spec).
         warnings.filterwarnings("ignore", message="The effect of Potentials on other parameters")
         prior = pm.sample_prior_predictive(draws=spec.sampler.prior_draws, random_seed=seed)
     keep = [v for v in prior.prior.data_vars if v in GATED_VARIABLES]
-    pred = prior.prior_predictive if "prior_predictive" in prior.groups() else None
-    return prior.prior[keep], pred
-
-
-def _prior_univariate(design: MultilevelDesign, spec: ModelSpec, seed: int):
-    """Prior and prior predictive of the one-outcome model, labelled per outcome."""
-    model = build_model(design.with_dimensions(design.dimensions[:1]), spec, multivariate=False)
-    prior, prior_pred = _prior_groups(model, spec, seed)
-    dims = list(design.dimensions)
-    prior = xr.concat([prior.assign_coords(dimension=[d]) for d in dims], dim="dimension")
-    prior_pred = xr.concat([prior_pred.assign_coords(dimension=[d]) for d in dims], dim="dimension")
-    return prior, prior_pred
+    prior_ds = prior.prior[keep]
+    if not multivariate:  # the one-outcome model's prior, labelled per outcome
+        dims = list(design.dimensions)
+        prior_ds = xr.concat([prior_ds.assign_coords(dimension=[d]) for d in dims], dim="dimension")
+    rng = np.random.default_rng([int(seed), 2])
+    prior_ds = _prior_community(prior_ds, design, rng)
+    prior_pred, _ = _predictive_groups(prior_ds, design, rng, multivariate=multivariate)
+    return prior_ds, prior_pred
 
 
 def _provenance(spec: ModelSpec, design: MultilevelDesign, seed: int, status: str) -> dict:
@@ -944,14 +1123,7 @@ def fit_spec(
     fitted, sampler = _fit_design(design, spec, seed)
     prior_ds = prior_pred = None
     if prior:
-        if multivariate:
-            prior_ds, _ = _prior_groups(sampler.model, spec, seed)
-            # the likelihood is a Potential: draw the prior predictive here (same seed)
-            prior_pred, _ = _predictive_groups(
-                prior_ds, design, np.random.default_rng(seed), multivariate=True
-            )
-        else:
-            prior_ds, prior_pred = _prior_univariate(design, spec, seed)
+        prior_ds, prior_pred = _prior_groups(sampler.model, design, spec, seed, multivariate)
     idata = _assemble(fitted, design, spec, seed, prior_ds, prior_pred, multivariate)
     effects = (
         effects_table(

@@ -12,6 +12,7 @@ households sit in a handful of communities and CBO presence varies only between 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,11 @@ __all__ = [
     "DEFAULT_SEED",
     "MODELS",
     "TERMS",
+    "OLSFit",
     "Table4Result",
+    "classical_ols",
     "fit_table4",
+    "regressor_vifs",
     "stars",
     "table4_markdown",
     "write_ols",
@@ -141,6 +145,67 @@ def stars(p: float) -> str:
     if p is None or not np.isfinite(p):
         return ""
     return "***" if p < 0.01 else "**" if p < 0.05 else "*" if p < 0.1 else ""
+
+
+@dataclass(frozen=True)
+class OLSFit:
+    """One least-squares regression with the paper's classical standard errors.
+
+    Attributes
+    ----------
+    names
+        Regressor names, in the columns' order (Table 4's designs put ``const`` last).
+    coef, se, p
+        Coefficients, classical standard errors and two-sided t p-values.
+    adj_r2, aic
+        Adjusted R2 and Gaussian AIC.
+    results
+        The statsmodels results (covariance, residuals, degrees of freedom).
+
+    """
+
+    names: list[str]
+    coef: np.ndarray
+    se: np.ndarray
+    p: np.ndarray
+    adj_r2: float
+    aic: float
+    results: Any
+
+
+def classical_ols(
+    y: np.ndarray | pd.Series, X: np.ndarray | pd.DataFrame, names: Sequence[str] | None = None
+) -> OLSFit:
+    """Ordinary least squares with classical standard errors, as Table 4 prints them.
+
+    Parameters
+    ----------
+    y
+        Outcome, one value per row.
+    X
+        The full design, constant included (Table 4's designs have ``const`` last).
+    names
+        Column names when ``X`` is an array (a frame's columns otherwise).
+
+    Returns
+    -------
+    OLSFit
+
+    """
+    res = sm.OLS(y, X).fit()
+    if names is None:
+        names = (
+            list(X.columns) if isinstance(X, pd.DataFrame) else [f"x{j}" for j in range(X.shape[1])]
+        )
+    return OLSFit(
+        names=list(names),
+        coef=np.asarray(res.params, dtype=float),
+        se=np.asarray(res.bse, dtype=float),
+        p=np.asarray(res.pvalues, dtype=float),
+        adj_r2=float(res.rsquared_adj),
+        aic=float(res.aic),
+        results=res,
+    )
 
 
 @dataclass
@@ -250,6 +315,28 @@ def _vif(X: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def regressor_vifs(data: pd.DataFrame) -> dict[str, float]:
+    """VIF of every Table 4 regressor in the CBO models (Table 3's VIF column).
+
+    Parameters
+    ----------
+    data
+        Rows holding :data:`BASE_REGRESSORS` and :data:`CBO_REGRESSORS`.
+
+    Returns
+    -------
+    dict
+        Regressor column -> 1 / (1 - R2) of its regression on the others and a constant.
+
+    Raises
+    ------
+    EstimationError
+        If a regressor does not vary or the regressors are collinear.
+
+    """
+    return _vif(_design(data, with_cbo=True, model=2))
+
+
 def _treated_clusters(data: pd.DataFrame, cluster: str) -> int:
     if "cbo_presence" in data.columns:
         presence = data["cbo_presence"]
@@ -328,7 +415,7 @@ def fit_table4(
     for model, (dim, with_cbo) in MODELS.items():
         X = _design(data, with_cbo, model)
         y = scores[dim].astype(float)
-        res = sm.OLS(y, X).fit()
+        res = classical_ols(y, X).results
         models[model] = res
         names = list(X.columns)
         contrasts = np.eye(len(names))

@@ -12,6 +12,7 @@ the fitted standardization so that counterfactual rows can be scored on the same
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,14 @@ from pari_bayes._paths import PUBLISHED_DIR
 from pari_bayes.codebook import DIMENSIONS, Codebook
 from pari_bayes.errors import EstimationError, PariBayesWarning, SurveyDataError
 
-__all__ = ["DimensionPCA", "PCAResult", "pca_scores", "fit_dimension_pca", "published_pca"]
+__all__ = [
+    "DimensionPCA",
+    "PCAResult",
+    "pca_scores",
+    "fit_dimension_pca",
+    "fit_pca",
+    "published_pca",
+]
 
 #: Columns of :attr:`PCAResult.diagnostics`, in order.
 DIAGNOSTIC_COLUMNS = ("dimension", "item", "statistic", "value", "published", "diff")
@@ -86,6 +94,23 @@ class DimensionPCA:
         """Share of the total (standardized) variance carried by the first component, in %."""
         return float(100.0 * self.eigenvalues[0] / len(self.items))
 
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Score an item matrix with the fitted standardization, weights, sign and scaling.
+
+        Parameters
+        ----------
+        x
+            Array (n, p) of the items, columns in :attr:`items` order.
+
+        Returns
+        -------
+        numpy.ndarray
+            One score per row (mean 0 and sd 1 on the fitting data).
+
+        """
+        z = (np.asarray(x, dtype=float) - self.item_means) / self.item_sds
+        return (z @ self.weights - self.score_mean) / self.score_sd
+
     def transform(self, data: pd.DataFrame) -> pd.Series:
         """Score rows with the fitted standardization, weights, sign and scaling."""
         missing = [c for c in self.items if c not in data.columns]
@@ -94,11 +119,8 @@ class DimensionPCA:
                 f"cannot score dimension {self.dimension}: missing indicator column(s) "
                 f"{', '.join(missing)}; the fitted PCA needs {', '.join(self.items)}."
             )
-        z = (data[list(self.items)].to_numpy(dtype=float) - self.item_means) / self.item_sds
-        raw = z @ self.weights
-        return pd.Series(
-            (raw - self.score_mean) / self.score_sd, index=data.index, name=self.dimension
-        )
+        scores = self.score(data[list(self.items)].to_numpy(dtype=float))
+        return pd.Series(scores, index=data.index, name=self.dimension)
 
 
 @dataclass
@@ -221,7 +243,37 @@ def fit_dimension_pca(data: pd.DataFrame, dimension: str, items: tuple[str, ...]
             f"dimension {dimension}: indicator column(s) {', '.join(missing)} not in the data; "
             "the codebook lists the items of each dimension."
         )
-    x = data[list(items)].to_numpy(dtype=float)
+    return fit_pca(data[list(items)].to_numpy(dtype=float), dimension, items)
+
+
+def fit_pca(
+    x: np.ndarray, dimension: str = "items", items: Sequence[str] | None = None
+) -> DimensionPCA:
+    """Fit the PCA of one dimension's item matrix (the array form of :func:`fit_dimension_pca`).
+
+    Parameters
+    ----------
+    x
+        Array (n, p) of the dimension's indicators.
+    dimension
+        Dimension name (used in messages and results).
+    items
+        Names of the columns of ``x``; ``column 1`` ... ``column p`` when omitted.
+
+    Returns
+    -------
+    DimensionPCA
+        The fit; ``fit.score(x)`` gives the standardized first-component scores.
+
+    Raises
+    ------
+    SurveyDataError
+        If there are fewer than 3 rows, or an item has missing values or does not vary.
+
+    """
+    x = np.asarray(x, dtype=float).reshape(len(x), -1)
+    if items is None:
+        items = tuple(f"column {j + 1}" for j in range(x.shape[1]))
     if len(x) < 3:
         raise SurveyDataError(
             f"dimension {dimension}: {len(x)} household(s); a PCA needs at least 3."

@@ -303,20 +303,9 @@ def test_tiny_draw_wiring(tmp_path):
             _Survey(small_frame()), spec, tmp_path, seed=5, allow_unconverged=True
         )
     effects = pd.read_csv(tmp_path / "effects.csv")
-    assert list(effects.columns[:12]) == [
-        "dimension",
-        "estimand",
-        "alpha",
-        "scope",
-        "mean",
-        "sd",
-        "q05",
-        "q50",
-        "q95",
-        "prob_positive",
-        "ess_bulk",
-        "r_hat",
-    ]
+    from pari_bayes.effects import EFFECT_COLUMNS
+
+    assert list(effects.columns[:12]) == list(EFFECT_COLUMNS[:12])
     assert set(effects["estimand"]) == {"DE", "IE", "TE", "OE"}
     assert set(effects["scope"]) == {"observed", "new"}
     # TE = DE + IE draw by draw, so the means add up

@@ -298,22 +298,7 @@ def test_summaries_from_replicate_rows(tmp_path: Path) -> None:
     assert table.loc["table4", "divergences_total"] == 3
     lo, hi = rob.clopper_pearson(3, 4)
     assert 0.19 < lo < 0.2 and 0.99 < hi < 1.0  # exact interval, scipy reference values
-    for col in (
-        "generator",
-        "n_households",
-        "n_communities",
-        "n_cbo_communities",
-        "participation_rate",
-        "loading_strength",
-        "thresholds",
-        "zero_share",
-        "amount_log_mean",
-        "amount_log_sd",
-        "community_sd",
-        "rung",
-        "attempts",
-        "reason",
-    ):
+    for col in (*rob.DESIGN_COLUMNS[1:], "rung", "attempts", "reason"):  # [0] is group
         runs[col] = 1 if col not in ("generator", "reason") else "independent"
     rob.write_markdown(runs, coverage, tmp_path / "robustness.md")
     text = (tmp_path / "robustness.md").read_text()

@@ -73,19 +73,8 @@ EFFECT_COLUMNS = (
 #: How q05/q50/q95 were obtained: quantiles of posterior draws, or a Wald interval
 #: ``mean -/+ z se`` (``normal``) or ``mean -/+ t_df se`` (``t``, ``df`` column).
 INTERVALS = ("posterior", "normal", "t")
-_NUMERIC = (
-    "alpha",
-    "mean",
-    "sd",
-    "q05",
-    "q50",
-    "q95",
-    "prob_positive",
-    "ess_bulk",
-    "r_hat",
-    "ess_tail",
-    "df",
-)
+_TEXT = ("dimension", "estimand", "scope", "method", "interval", "note")
+_NUMERIC = tuple(c for c in EFFECT_COLUMNS if c not in _TEXT)
 #: Columns a legacy frame must have for :meth:`EffectTable.coerce` (the rest are filled).
 _IDENTITY = ("dimension", "estimand", "scope", "mean")
 

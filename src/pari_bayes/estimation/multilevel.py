@@ -897,10 +897,7 @@ def _predictive_groups(
         "dimension": list(design.dimensions),
     }
     if multivariate:
-        sd = _arr(posterior, "residual_sd", "dimension")
-        corr = _arr(posterior, "residual_corr", "dimension", "dimension_bis")
-        cov = corr * sd[..., :, None] * sd[..., None, :]
-        L = np.linalg.cholesky(cov)
+        L = np.linalg.cholesky(_residual_cov(posterior))
         K = len(design.dimensions)
         sol = np.linalg.solve(L[:, :, None], resid[..., None])[..., 0]
         logdet = np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(-1)

@@ -90,7 +90,7 @@ def test_latent_effects_table_is_an_effect_table_and_keeps_ess_tail_for_the_gate
             "direct_effect": (("chain", "draw", "dimension"), rng.normal(0.5, 0.1, shape)),
             "spillover_effect": (("chain", "draw", "dimension"), rng.normal(-0.2, 0.1, shape)),
             "community_sd": (("chain", "draw", "dimension"), np.full(shape, 0.3)),
-            "community_z": (
+            "community_deviation": (
                 ("chain", "draw", "community", "dimension"),
                 rng.normal(size=(chains, draws, 3, dims)),
             ),

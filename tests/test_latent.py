@@ -235,14 +235,23 @@ def test_identification_constraints(small_model):
     assert (draws > 0).all()
     # one loading per item, each item on one factor
     assert model.named_vars_to_dims["loading"] == ("indicator",)
-    # no structural intercept: with x = 0, a = 0, s = 0 and zero community/household terms,
-    # the factor is exactly 0 (location fixed); the disturbance correlation has a unit diagonal
-    ip = model.initial_point()
-    ip = {k: np.zeros_like(v) for k, v in ip.items()}
-    (eta_graph,) = model.replace_rvs_by_values([model["eta"]])
-    fn = model.compile_fn(eta_graph, inputs=model.value_vars, on_unused_input="ignore")
-    eta = fn(ip)
-    assert np.abs(eta).max() == 0.0
+    # Location: no structural intercept, and the community deviations sum to zero, so a
+    # common shift c of every household's factor value cannot be absorbed by them: with the
+    # structural terms at 0 and R = I (unconstrained point 0) the structural density of eta
+    # falls by n K c^2 / 2, whatever community_sd is (exactly so with equal community
+    # sizes; with unequal ones the deviations can tilt between large and small communities
+    # and absorb a sliver of it). Independent deviations would absorb almost all of it
+    # once community_sd is large: the ridge against the cutpoints that the constraint removes.
+    ip = {k: np.zeros_like(v) for k, v in model.initial_point().items()}
+    (pot,) = model.replace_rvs_by_values([model["eta_structural"]])
+    fn = model.compile_fn(pot, inputs=model.value_vars, on_unused_input="ignore")
+    n, k = ip["eta"].shape
+    for log_tau in (-3.0, 0.0, 2.0):
+        at = {**ip, "community_sd_log__": np.full(k, log_tau)}
+        base = fn(at)
+        for c in (0.3, -1.0):
+            shifted = fn({**at, "eta": np.full((n, k), c)})
+            assert 0.95 < (base - shifted) / (n * k * c**2 / 2) < 1.0 + 1e-9
     corr = __import__("pymc").draw(model["disturbance_corr"], draws=5, random_seed=2)
     np.testing.assert_allclose(np.diagonal(corr, axis1=1, axis2=2), 1.0)
 

@@ -43,6 +43,44 @@ def test_marginal_loglik_matches_the_joint_normal(k, tau):
     assert got == pytest.approx(_joint_logpdf(r, cidx, sigma, tau), rel=1e-10)
 
 
+def _zero_sum_joint_logpdf(r, cidx, sigma, tau):
+    """Dense density when the deviations are ZeroSumNormal: Cov(u) = T kron (I - J / C)."""
+    n, k = r.shape
+    C = cidx.max() + 1
+    z = np.zeros((n, C))
+    z[np.arange(n), cidx] = 1.0
+    centre = np.eye(C) - np.full((C, C), 1.0 / C)
+    cov = np.kron(np.eye(n), sigma) + np.kron(z @ centre @ z.T, np.diag(tau**2))
+    return stats.multivariate_normal(np.zeros(n * k), cov, allow_singular=True).logpdf(r.ravel())
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("tau", [[1e-4, 0.3, 1.2, 0.7], [0.5, 2.0, 0.05, 5.0]])
+def test_zero_sum_marginal_loglik_matches_the_joint_normal(k, tau):
+    """The latent model's sum-to-zero deviations, integrated out, against the dense formula."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    rng = np.random.default_rng(10 + k)
+    counts = np.array([1, 3, 5, 2, 4])
+    cidx = np.repeat(np.arange(counts.size), counts)
+    r = rng.standard_normal((cidx.size, k))
+    a = rng.standard_normal((k, k))
+    sigma = a @ a.T + 0.5 * np.eye(k)
+    tau = np.asarray(tau[:k])
+    R, L, T = pt.matrix("r"), pt.matrix("chol"), pt.vector("tau")
+    graph = ml.marginal_loglik(R, cidx, counts.astype(float), L, T, k, zero_sum=True)
+    for mode in ("FAST_COMPILE", "NUMBA"):
+        f = pytensor.function([R, L, T], graph, mode=mode)
+        got = f(r, np.linalg.cholesky(sigma), tau)
+        assert got == pytest.approx(_zero_sum_joint_logpdf(r, cidx, sigma, tau), rel=1e-9)
+    if tau.max() < 0.1:
+        return  # deviations this small: the constraint hardly matters
+    # the constraint changes the density (it is not the independent-deviation one)
+    free = pytensor.function([R, L, T], ml.marginal_loglik(R, cidx, counts.astype(float), L, T, k))
+    assert abs(free(r, np.linalg.cholesky(sigma), tau) - got) > 1e-3
+
+
 def test_marginal_loglik_is_nan_not_an_error_for_a_degenerate_proposal():
     import pytensor
     import pytensor.tensor as pt
@@ -119,3 +157,34 @@ def test_deviation_draws_follow_the_exact_conditional_posterior():
     np.testing.assert_array_equal(
         out["community_effect"].to_numpy(), out["community_deviation"].to_numpy()
     )
+
+
+def test_zero_sum_deviation_draws_follow_the_exact_conditional_posterior():
+    """Matheron's rule conditioned on sum-to-zero, against dense Gaussian conditioning."""
+    rng = np.random.default_rng(5)
+    counts = np.array([40.0, 3.0, 25.0, 8.0])
+    C, k, draws = counts.size, 2, 20000
+    tau = np.array([0.6, 0.05])
+    corr = np.array([[1.0, 0.4], [0.4, 1.0]])
+    sigma = corr * np.outer([1.0, 0.7], [1.0, 0.7])
+    rbar = rng.normal(size=(C, k))
+    dev = ml.conditional_deviations(
+        np.broadcast_to(rbar, (1, draws, C, k)),
+        counts,
+        np.broadcast_to(sigma, (1, draws, k, k)),
+        np.broadcast_to(tau, (1, draws, k)),
+        np.random.default_rng(2),
+        zero_sum=True,
+    )[0]
+    np.testing.assert_allclose(dev.sum(axis=1), 0.0, atol=1e-10)
+    # vec over (community, dimension): prior (I - J/C) kron T, noise blockdiag(Sigma / n_c)
+    prior = np.kron(np.eye(C) - 1.0 / C, np.diag(tau**2))
+    noise = np.kron(np.diag(1.0 / counts), sigma)
+    gain = prior @ np.linalg.inv(prior + noise)
+    mean = gain @ rbar.ravel()
+    cov = prior - gain @ prior
+    flat = dev.reshape(draws, -1)
+    var = np.clip(cov.diagonal(), 1e-12, None)
+    assert np.all(np.abs(flat.mean(axis=0) - mean) < 4 * np.sqrt(var / draws) + 1e-9)
+    tol = 4 * np.sqrt(np.outer(var, var) / draws) + 1e-9
+    assert np.all(np.abs(np.cov(flat.T) - cov) < tol)

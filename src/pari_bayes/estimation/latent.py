@@ -9,10 +9,15 @@ The model, for household ``i`` in community ``c[i]`` and factor ``d``::
     eta[i, d] = community_mean[c[i], d] + x[i] @ beta[:, d]
                 + direct_effect[d] * (participation[i] - mean participation) + disturbance[i, d]
     community_mean[c, d] = spillover_effect[d] * (presence[c] - mean presence)
-                           + community_sd[d] * z[c, d],   z[:, d] ~ ZeroSumNormal(1)
-    disturbance[i] = L @ u[i],  u[i] ~ Normal(0, I),  L L' = R ~ LKJ(eta_lkj)
+                           + deviation[c, d],   deviation[:, d] ~ ZeroSumNormal(community_sd[d])
+    disturbance[i] ~ Normal(0, R),  R ~ LKJ(eta_lkj)
     (R built from its C-vine partial correlations, independent Betas: Lewandowski et al. 2009)
     item j of factor d:  y[i, j] ~ item likelihood(loading[j] * eta[i, d], item parameters)
+
+Sampled: ``eta`` itself (centred; its disturbance has unit scale, so no household funnel)
+and the parameters. The community deviations are integrated out of the structural density
+of ``eta`` exactly (``multilevel.marginal_loglik`` with ``zero_sum``) and drawn afterwards
+from their conditional posterior (:func:`add_community_draws`).
 
 Identification (stated and enforced):
 
@@ -45,6 +50,7 @@ import pandas as pd
 
 from pari_bayes.effects import EffectTable
 from pari_bayes.errors import ConvergenceError, EstimationError, SpecError
+from pari_bayes.estimation.multilevel import conditional_deviations, marginal_loglik
 from pari_bayes.estimation.posterior import write_posterior
 from pari_bayes.io import write_csv
 from pari_bayes.measurement.items import (
@@ -593,6 +599,66 @@ def lkj_corr_draw(n: int, eta: float, rng: np.random.Generator) -> np.ndarray:
     return chol @ chol.T
 
 
+def _community_sizes(design: LatentDesign) -> np.ndarray:
+    """Households per community (at least 1, so an empty level cannot divide by 0)."""
+    counts = np.bincount(design.community_index, minlength=len(design.communities))
+    return np.maximum(counts, 1).astype(float)
+
+
+def _structural_mean(posterior, design: LatentDesign) -> np.ndarray:
+    """Structural part of eta without the community deviations: (chain, draw, n, D)."""
+    direct = posterior["direct_effect"].to_numpy()
+    spill = posterior["spillover_effect"].to_numpy()
+    presence = design.presence - design.presence.mean()
+    part = design.participation - design.participation.mean()
+    m = (
+        presence[design.community_index][None, None, :, None] * spill[:, :, None, :]
+        + part[None, None, :, None] * direct[:, :, None, :]
+    )
+    if "beta" in posterior:
+        m = m + np.einsum("np,cspd->csnd", design.x, posterior["beta"].to_numpy())
+    return m
+
+
+def add_community_draws(idata, design: LatentDesign, seed: int):
+    """Add posterior draws of the community deviations and means to ``idata.posterior``.
+
+    The sampler integrates the ZeroSumNormal deviations out (:func:`build_latent_model`);
+    given a draw of eta and the parameters they are Gaussian, and
+    :func:`~pari_bayes.estimation.multilevel.conditional_deviations` draws them exactly, so
+    the (parameters, deviations) pairs are draws of the joint posterior. Adds
+    ``community_deviation`` and ``community_mean`` (``IE * centred presence + deviation``),
+    dims (chain, draw, community, dimension).
+    """
+    import xarray as xr
+
+    post = idata.posterior
+    idx = design.community_index
+    counts = _community_sizes(design)
+    resid = post["eta"].to_numpy() - _structural_mean(post, design)
+    sums = np.zeros((*resid.shape[:2], counts.size, resid.shape[-1]))
+    np.add.at(sums, (slice(None), slice(None), idx), resid)
+    # the presence term is part of the structural mean; community means of the rest
+    rbar = sums / counts[None, None, :, None]
+    n_fac = resid.shape[-1]
+    if "disturbance_corr" in post:
+        corr = post["disturbance_corr"].to_numpy()
+    else:
+        corr = np.broadcast_to(np.eye(n_fac), (*resid.shape[:2], n_fac, n_fac))
+    tau = post["community_sd"].to_numpy()
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 14]))
+    dev = conditional_deviations(rbar, counts, corr, tau, rng, zero_sum=True)
+    presence = design.presence - design.presence.mean()
+    mean = dev + presence[None, None, :, None] * post["spillover_effect"].to_numpy()[:, :, None]
+    dims = ("chain", "draw", "community", "dimension")
+    coords = {"community": list(design.communities)}
+    idata.posterior = post.assign(
+        community_deviation=xr.DataArray(dev, dims=dims, coords=coords),
+        community_mean=xr.DataArray(mean, dims=dims, coords=coords),
+    )
+    return idata
+
+
 def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str | None = None):
     """Build the PyMC model of the joint measurement + structural model.
 
@@ -652,18 +718,7 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
         else:
             structural = pt.zeros((design.n, n_fac))
         comm_sd = pm.HalfNormal("community_sd", pri["community_sd"], dims="dimension")
-        # Location: no structural intercept, and the community terms average to zero over
-        # the surveyed communities (sum-to-zero deviations, centred presence). Otherwise
-        # their mean trades off against every item's cutpoints/intercept, a ridge only the
-        # priors bound, which costs effective sample size. Contrasts are unchanged.
-        comm_z = pm.ZeroSumNormal(
-            "community_z", sigma=1.0, dims=("community", "dimension"), n_zerosum_axes=1
-        )
-        comm_mean = pm.Deterministic(
-            "community_mean",
-            (presence - presence.mean())[:, None] * spill[None, :] + comm_sd[None, :] * comm_z,
-            dims=("community", "dimension"),
-        )
+        presence_term = (presence - presence.mean())[:, None] * spill[None, :]
         if n_fac > 1:
             # LKJ(eta) through the C-vine partial correlations (independent Betas): the
             # Cholesky factor is built directly, always positive definite, with no matrix
@@ -683,15 +738,27 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
             )
         else:
             chol = pt.eye(1)
-        u = pm.Normal("household_z", 0.0, 1.0, dims=("household", "dimension"))
-        disturbance = pt.dot(u, chol.T)
-        eta = pm.Deterministic(
-            "eta",
-            pt.dot(comm_onehot, comm_mean)
-            + structural
-            + (part - part.mean())[:, None] * direct[None, :]
-            + disturbance,
-            dims=("household", "dimension"),
+        # The household factor values are sampled directly (centred); the scale of their
+        # disturbance is fixed at 1, so there is no household-level funnel. The community
+        # deviations (ZeroSumNormal(community_sd): location, see the module docstring) are
+        # integrated out of the structural density exactly (Gaussian given eta) and redrawn
+        # after sampling from their conditional posterior (add_community_draws): with few
+        # communities their sampled form made a funnel with community_sd, the divergences
+        # of issue 14.
+        eta = pm.Flat("eta", dims=("household", "dimension"))
+        fixed = pt.dot(comm_onehot, presence_term) + structural
+        fixed = fixed + (part - part.mean())[:, None] * direct[None, :]
+        pm.Potential(
+            "eta_structural",
+            marginal_loglik(
+                eta - fixed,
+                design.community_index,
+                _community_sizes(design),
+                chol,
+                comm_sd,
+                n_fac,
+                zero_sum=True,
+            ),
         )
 
         # ---- measurement part: one positive loading per item
@@ -997,9 +1064,9 @@ def _potential_outcome_means(
         xbar = np.zeros((n_draws, n_fac))
     comm_sd = _stack(idata, "community_sd")
     if scope == "observed":
-        z = _stack(idata, "community_z")  # (S, C, D)
-        weights = np.bincount(design.community_index, minlength=z.shape[1]) / design.n
-        comm = np.einsum("c,scd->sd", weights, z) * comm_sd
+        dev = _stack(idata, "community_deviation")  # (S, C, D)
+        weights = np.bincount(design.community_index, minlength=dev.shape[1]) / design.n
+        comm = np.einsum("c,scd->sd", weights, dev)
     else:  # a community not yet surveyed: a fresh draw of its residual community effect
         rng = np.random.default_rng(seed)
         comm = rng.standard_normal((n_draws, n_fac)) * comm_sd
@@ -1034,6 +1101,8 @@ def latent_effects(idata, design: LatentDesign, spec: LatentSpec, seed: int = 0)
         The :class:`~pari_bayes.effects.EffectTable` frame (its ``ess_tail`` column is
         used by the gate).
     """
+    if "community_deviation" not in idata.posterior and "eta" in idata.posterior:
+        add_community_draws(idata, design, seed)
     n_chains = idata.posterior.sizes["chain"]
     in_cbo = design.presence[design.community_index] == 1
     observed_rate = float(design.participation[in_cbo].mean()) if in_cbo.any() else 0.5
@@ -1084,11 +1153,9 @@ def factor_scores(idata, design: LatentDesign, spec: LatentSpec) -> pd.DataFrame
 WEAK_MEASUREMENT = 0.2
 
 #: Per-household, per-draw posterior variables kept in memory but not written to
-#: ``posterior.nc`` (about 37 MB each on the bundled survey): the factor values ``eta`` are
-#: summarised by the ``factor_scores`` group (posterior mean and sd per household), and
-#: ``household_z`` (the standardized disturbance) is ``eta`` re-expressed given the
-#: parameters.
-POSTERIOR_NOT_STORED = ("eta", "household_z")
+#: ``posterior.nc`` (about 37 MB on the bundled survey): the factor values ``eta`` are
+#: summarised by the ``factor_scores`` group (posterior mean and sd per household).
+POSTERIOR_NOT_STORED = ("eta",)
 
 
 def measurement_information(idata, spec: LatentSpec) -> pd.Series:
@@ -1109,7 +1176,7 @@ _GATED = (
     "spillover_effect",
     "beta_free",
     "community_sd",
-    "community_z",
+    "community_deviation",
     "loading",
     "intercept",
     "log_amount_mean",
@@ -1315,6 +1382,7 @@ def fit_latent_spec(
     idata, timing = sample_latent(model, spec.sampler, seed)
     if "posterior" not in idata.groups():
         raise EstimationError("the sampler returned no posterior")
+    add_community_draws(idata, design, seed)
     effects = latent_effects(idata, design, spec, seed=seed)
     diagnostics = latent_diagnostics(idata, timing)
     failures = _gate_failures(effects, diagnostics, spec.gate)
@@ -1432,8 +1500,10 @@ def fit_latent_spec(
         "identification": "location: no structural intercept, sum-to-zero community terms; "
         "scale: unit-variance household disturbance; sign: positive (log-normal) loadings; "
         "each item loads on one factor",
-        "factor_scores": "per-draw eta and household_z are not stored; the factor_scores "
-        "group holds each household's posterior mean and sd of eta",
+        "factor_scores": "per-draw eta is not stored; the factor_scores group holds each "
+        "household's posterior mean and sd of eta",
+        "community_deviation": "integrated out while sampling; drawn from its exact "
+        "conditional posterior given each draw",
     }
     provenance = {
         "model_name": spec.name,

@@ -332,7 +332,7 @@ def community_counts(design: MultilevelDesign) -> np.ndarray:
     return np.maximum(counts, 1).astype(float)
 
 
-def marginal_loglik(resid, community_index, counts, chol, tau, n_dims: int):
+def marginal_loglik(resid, community_index, counts, chol, tau, n_dims: int, zero_sum: bool = False):
     """Log-likelihood with the community deviations integrated out (PyTensor graph).
 
     Household ``i`` of community ``c`` has ``r_i = y_i - m_i = u_c + e_i`` with
@@ -363,6 +363,15 @@ def marginal_loglik(resid, community_index, counts, chol, tau, n_dims: int):
         (K,) sd of the community deviations.
     n_dims
         K, the number of outcomes (the substitution is unrolled over them).
+    zero_sum
+        The deviations are ``ZeroSumNormal`` over the communities instead of independent
+        (``u = e - mean(e)``, ``e_c ~ Normal(0, T)``), the latent model's location
+        restriction. Their law is that of independent ``e_c`` conditioned on
+        ``S = sum_c e_c = 0``, so the density is the independent one times
+        ``p(S = 0 | r) / p(S = 0)``. Given ``r`` the ``e_c`` are independent Gaussians, so
+        ``S | r`` is Gaussian and the correction is one more K x K computation, done in
+        the standardized ``s = T^{-1/2} S / sqrt(C)`` (prior ``Normal(0, I)``), which
+        stays finite as ``tau -> 0`` (the constraint then does nothing) and as ``tau`` grows.
     """
     import pytensor.tensor as pt
 
@@ -377,7 +386,13 @@ def marginal_loglik(resid, community_index, counts, chol, tau, n_dims: int):
         within = -0.5 * pt.sum(dev**2) / sd**2 - (n - C) * pt.log(sd)
         m = tau[0] ** 2 + sd**2 / counts
         between = -0.5 * pt.sum(rbar[:, 0] ** 2 / m) - 0.5 * pt.sum(pt.log(m))
-        return within + between - 0.5 * pt.sum(pt.log(counts)) - 0.5 * n * log2pi
+        total = within + between - 0.5 * pt.sum(pt.log(counts)) - 0.5 * n * log2pi
+        if zero_sum:  # s | r ~ Normal(h / sqrt(C), 1 - g / C)
+            g = pt.sum(tau[0] ** 2 / m)
+            h = pt.sum(tau[0] * rbar[:, 0] / m)
+            v = 1.0 - g / C
+            total = total - 0.5 * pt.log(v) - 0.5 * h**2 / (C * v)
+        return total
     # check_finite=False: a non-finite proposal (early tuning) gives a NaN log density,
     # which the sampler rejects, instead of an exception that stops the chain
     chol_inv = pt.linalg.solve_triangular(chol, pt.eye(K), lower=True, check_finite=False)
@@ -400,7 +415,42 @@ def marginal_loglik(resid, community_index, counts, chol, tau, n_dims: int):
         xs.append(acc / lc[:, k, k])
     x = pt.stack(xs, axis=1)
     between = -0.5 * pt.sum(x**2) - pt.sum(pt.log(pt.diagonal(lc, axis1=1, axis2=2)))
-    return within + between - 0.5 * n * K * log2pi
+    total = within + between - 0.5 * n * K * log2pi
+    if zero_sum:
+        total = total + _zero_sum_correction(lc, x, tau, n_dims, C)
+    return total
+
+
+def _zero_sum_correction(lc, w, tau, n_dims: int, n_comm: int):
+    """``log p(s = 0 | r) - log p(s = 0)`` of :func:`marginal_loglik` with ``zero_sum``.
+
+    With ``lc_c lc_c' = T + Sigma / n_c``, ``w_c = lc_c^{-1} rbar_c`` and
+    ``B_c = lc_c^{-1} T^{1/2}``: ``E[T^{-1/2} e_c | r] = B_c' w_c`` and
+    ``Var[T^{-1/2} e_c | r] = I - B_c' B_c``, so ``s | r`` has mean ``sum_c B_c' w_c / sqrt(C)``
+    and covariance ``V = I - sum_c B_c' B_c / C``.
+    """
+    import pytensor.tensor as pt
+
+    K, C = n_dims, n_comm
+    cols = []
+    for j in range(K):  # B_c e_j = lc_c^{-1} tau_j e_j, forward substitution unrolled
+        xs = []
+        for k in range(K):
+            if k < j:
+                xs.append(pt.zeros_like(lc[:, 0, 0]))
+                continue
+            acc = tau[j] * pt.ones_like(lc[:, 0, 0]) if k == j else pt.zeros_like(lc[:, 0, 0])
+            for i in range(j, k):
+                acc = acc - lc[:, k, i] * xs[i]
+            xs.append(acc / lc[:, k, k])
+        cols.append(pt.stack(xs, axis=1))
+    b = pt.stack(cols, axis=2)  # (C, K, K): b[c, k, j] = (B_c)_{kj}
+    g = (b[:, :, :, None] * b[:, :, None, :]).sum(axis=(0, 1))
+    h = (b * w[:, :, None]).sum(axis=(0, 1))
+    v = pt.eye(K) - g / C
+    lv = pt.linalg.cholesky(v, check_finite=False, on_error="nan")
+    q = pt.linalg.solve_triangular(lv, h / np.sqrt(C), lower=True, check_finite=False)
+    return -pt.sum(pt.log(pt.diag(lv))) - 0.5 * pt.sum(q**2)
 
 
 def build_model(design: MultilevelDesign, spec: ModelSpec, multivariate: bool | None = None):
@@ -764,25 +814,78 @@ def draw_community_deviations(
         )
     presence = _presence_term(posterior, design)
     rbar = ybar[None, None] - m - presence
-    cov = _residual_cov(posterior)
-    chol = np.linalg.cholesky(cov)
-    T = tau**2
-    dev = np.empty_like(rbar)
-    for c in range(tau.shape[0]):  # one chain at a time bounds the memory of the solves
-        d0 = tau[c][:, None, :] * rng.standard_normal(rbar[c].shape)
-        ebar = np.einsum("dkl,dcl->dck", chol[c], rng.standard_normal(rbar[c].shape))
-        ebar = ebar / np.sqrt(counts)[None, :, None]
-        M = np.einsum("dk,kl->dkl", T[c], np.eye(T.shape[-1]))[:, None] + (
-            cov[c][:, None] / counts[None, :, None, None]
-        )
-        sol = np.linalg.solve(M, (rbar[c] - d0 - ebar)[..., None])[..., 0]
-        dev[c] = d0 + T[c][:, None, :] * sol
+    dev = conditional_deviations(rbar, counts, _residual_cov(posterior), tau, rng)
     dims = ("chain", "draw", "community", "dimension")
     coords = {"community": list(design.communities)}
     return posterior.assign(
         community_deviation=xr.DataArray(dev, dims=dims, coords=coords),
         community_effect=xr.DataArray(dev + presence, dims=dims, coords=coords),
     )
+
+
+def conditional_deviations(
+    rbar: np.ndarray,
+    counts: np.ndarray,
+    cov: np.ndarray,
+    tau: np.ndarray,
+    rng: np.random.Generator,
+    zero_sum: bool = False,
+) -> np.ndarray:
+    """Draw community deviations from their conditional posterior given mean residuals.
+
+    For each posterior draw, community ``c``'s mean residual is ``rbar_c = d_c + ebar_c``
+    with ``ebar_c ~ Normal(0, Sigma / n_c)``. With independent ``d_c ~ Normal(0, T)`` the
+    conditional draw is Matheron's rule (no factorization of a covariance that could be
+    singular as ``tau -> 0``)::
+
+        d_c = d0 + T M_c^{-1} (rbar_c - d0 - e0),  d0 ~ Normal(0, T),
+        e0 ~ Normal(0, Sigma / n_c),  M_c = T + Sigma / n_c
+
+    With ``zero_sum`` the deviations are ``ZeroSumNormal`` (the independent ones given
+    ``S = sum_c d_c = 0``), and the same rule conditions on ``S``:
+    ``d_c - V_c (sum_c V_c)^{-1} S`` with ``V_c = T - T M_c^{-1} T`` the conditional
+    covariance of ``d_c``, which makes the draws sum to zero exactly.
+
+    Parameters
+    ----------
+    rbar
+        (chain, draw, C, K) community mean residuals without the deviations.
+    counts
+        (C,) households per community.
+    cov
+        (chain, draw, K, K) household-level residual covariance ``Sigma``.
+    tau
+        (chain, draw, K) sd of the deviations.
+    rng
+        Source of the draws.
+    zero_sum
+        Condition on the deviations summing to zero over the communities.
+
+    Returns
+    -------
+    numpy.ndarray
+        (chain, draw, C, K) draws of ``d``.
+    """
+    chol = np.linalg.cholesky(cov)
+    T = tau**2
+    eye = np.eye(T.shape[-1])
+    dev = np.empty_like(rbar)
+    for c in range(tau.shape[0]):  # one chain at a time bounds the memory of the solves
+        d0 = tau[c][:, None, :] * rng.standard_normal(rbar[c].shape)
+        ebar = np.einsum("dkl,dcl->dck", chol[c], rng.standard_normal(rbar[c].shape))
+        ebar = ebar / np.sqrt(counts)[None, :, None]
+        t_mat = np.einsum("dk,kl->dkl", T[c], eye)[:, None]  # (draw, 1, K, K)
+        M = t_mat + cov[c][:, None] / counts[None, :, None, None]
+        sol = np.linalg.solve(M, (rbar[c] - d0 - ebar)[..., None])[..., 0]
+        d = d0 + T[c][:, None, :] * sol
+        if zero_sum:
+            v = t_mat - T[c][:, None, :, None] * np.linalg.solve(M, t_mat)  # (draw, C, K, K)
+            v = 0.5 * (v + np.swapaxes(v, -1, -2))
+            total = d.sum(axis=1)  # (draw, K)
+            adj = np.linalg.solve(v.sum(axis=1), total[..., None])[..., 0]  # (draw, K)
+            d = d - np.einsum("dckl,dl->dck", v, adj)
+        dev[c] = d
+    return dev
 
 
 def _prior_community(prior: xr.Dataset, design: MultilevelDesign, rng: np.random.Generator):

@@ -24,6 +24,7 @@ from pari_bayes.identification import (
     identify_graph,
     load_dag,
     overall_effect,
+    refute_identification,
     write_identification,
 )
 from pari_bayes.registry import load_registry
@@ -333,6 +334,56 @@ def test_refuters_present_and_sane(refuted):
         assert sens["robustness_value_alpha05"] <= sens["robustness_value"]
         rcc = rows.loc[rows["refuter"] == "random_common_cause", "new_effect"].iloc[0]
         assert rcc == pytest.approx(estimate, abs=0.1)
+
+
+def test_refuting_a_computed_identification_matches_identify(simulated_survey, refuted):
+    """The main job identifies once and refutes that result: same rows as identify()."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bare = identify(simulated_survey, **{**REFUTE_KW, "refute": False})
+        assert bare.refutations == []
+        later = refute_identification(bare, simulated_survey, n_simulations=10)
+    pd.testing.assert_frame_equal(refuted.refutation_table(), later.refutation_table())
+    assert later.entries is bare.entries
+
+
+def test_refuting_needs_the_same_data(simulated_survey, refuted):
+    import pari_bayes as pb
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = pb.load_survey()
+    with pytest.raises(IdentificationError, match="other data"):
+        refute_identification(refuted, other)
+
+
+def test_main_job_identifies_once(tmp_path, monkeypatch):
+    """Identification, OLS and IPW share one identify() call; the report is refuted."""
+    import importlib
+
+    import pari_bayes as pb
+    from pari_bayes.pipeline import RunOptions, run_pipeline
+
+    identify_module = importlib.import_module("pari_bayes.identification.identify")
+    calls = []
+    real = identify_module.identify
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("refute", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(identify_module, "identify", counting)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        survey = pb.load_survey()
+        run_pipeline(
+            survey,
+            tmp_path,
+            RunOptions(steps=("ols", "identification"), progress=False),
+        )
+    assert calls == [False]
+    refutations = pd.read_csv(tmp_path / "identification" / "refutations.csv")
+    assert len(refutations) > 0
 
 
 def test_same_seed_same_refutations(simulated_survey, refuted):

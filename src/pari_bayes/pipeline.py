@@ -235,7 +235,14 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             progress.step("identification (DoWhy)")
             from pari_bayes.identification import write_identification
 
-            _step_dir(result, "identification", write_identification, dag=options.dag)
+            # The run's one identification, refuted and written; the graph work is not redone.
+            _step_dir(
+                result,
+                "identification",
+                write_identification,
+                dag=options.dag,
+                identification=identification,
+            )
         if "ipw" in steps:
             progress.step("design-based IPW under partial interference")
             from pari_bayes.estimation.ipw import write_ipw_survey

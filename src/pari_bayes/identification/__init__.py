@@ -23,6 +23,7 @@ from pari_bayes.identification.identify import (
     identify,
     identify_graph,
     outcome_scores,
+    refute_identification,
     write_identification,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "load_dag",
     "outcome_scores",
     "overall_effect",
+    "refute_identification",
     "write_identification",
 ]

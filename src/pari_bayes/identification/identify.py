@@ -23,7 +23,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import networkx as nx
@@ -40,6 +40,7 @@ __all__ = [
     "IdentificationResult",
     "identify",
     "identify_graph",
+    "refute_identification",
     "write_identification",
     "analysis_frame",
     "outcome_scores",
@@ -821,25 +822,7 @@ def identify(
     positivity = _positivity(survey, covariates)
     for message in positivity["warnings"][:1]:
         warnings.warn(message, PariBayesWarning, stacklevel=2)
-    refutations: list[dict] = []
-    if refute:
-        node_of = {dag.column(n): n for n in dag.observed}
-        for dim in dims:
-            for name in ESTIMANDS:
-                cols = entries[(name, dim)]["adjustment_set"]
-                nodes = [node_of[c] for c in cols]
-                rows = _refute_one(
-                    frame,
-                    name,
-                    dim,
-                    nodes,
-                    seed,
-                    n_simulations,
-                    column_of=dict(map(reversed, node_of.items())),
-                )
-                for r in rows:
-                    r["identified_on_dag"] = entries[(name, dim)]["dag"]["identified"]
-                refutations += rows
+    refutations = _refutations(frame, dag, entries, dims, seed, n_simulations) if refute else []
     return IdentificationResult(
         dag_path=str(dag.path),
         dimensions=dims,
@@ -854,6 +837,87 @@ def identify(
         dag_edges=dag.edges_with_reasons(),
         latent_nodes=dag.latent,
     )
+
+
+def _refutations(
+    frame: pd.DataFrame,
+    dag: CausalDAG,
+    entries: dict[tuple[str, str], dict],
+    dims: tuple[str, ...],
+    seed: int,
+    n_simulations: int,
+) -> list[dict]:
+    """Refute every (estimand, dimension) on its adjustment set; one row per refuter."""
+    refutations: list[dict] = []
+    node_of = {dag.column(n): n for n in dag.observed}
+    for dim in dims:
+        for name in ESTIMANDS:
+            cols = entries[(name, dim)]["adjustment_set"]
+            nodes = [node_of[c] for c in cols]
+            rows = _refute_one(
+                frame,
+                name,
+                dim,
+                nodes,
+                seed,
+                n_simulations,
+                column_of=dict(map(reversed, node_of.items())),
+            )
+            for r in rows:
+                r["identified_on_dag"] = entries[(name, dim)]["dag"]["identified"]
+            refutations += rows
+    return refutations
+
+
+def refute_identification(
+    result: IdentificationResult,
+    survey,
+    dag: CausalDAG | str | os.PathLike | None = None,
+    seed: int | None = None,
+    n_simulations: int = 20,
+) -> IdentificationResult:
+    """Add the refutations to an identification computed with ``refute=False``.
+
+    The graph work (DoWhy's identification, adjustment sets, positivity) is not redone:
+    the main job identifies once, hands that result to every estimator, and refutes it
+    here for the identification report.
+
+    Parameters
+    ----------
+    result
+        The result of :func:`identify` on the same survey and DAG.
+    survey
+        The survey ``result`` was computed on (checked by its data hash).
+    dag
+        The DAG ``result`` was computed on (``None`` for ``models/dag.dot``).
+    seed
+        Seed of the refutation simulations (default: the seed of ``result``).
+    n_simulations
+        Simulations per refuter.
+
+    Returns
+    -------
+    IdentificationResult
+        A copy of ``result`` with ``refutations`` filled.
+
+    Raises
+    ------
+    IdentificationError
+        If ``result`` was computed on other data.
+
+    """
+    if result.data_hash != survey.data_hash:
+        raise IdentificationError(
+            "refute: the identification result was computed on other data "
+            f"(data hash {result.data_hash[:12]}, this survey {survey.data_hash[:12]})"
+        )
+    if not isinstance(dag, CausalDAG):
+        dag = load_dag(dag, survey=survey)
+    seed = result.seed if seed is None else seed
+    scores, _ = outcome_scores(survey)
+    frame = analysis_frame(survey, dag, scores)
+    rows = _refutations(frame, dag, result.entries, result.dimensions, seed, n_simulations)
+    return replace(result, refutations=rows, seed=seed)
 
 
 def _assumptions(name: str, entry: dict) -> list[str]:
@@ -1097,6 +1161,7 @@ def write_identification(
     seed: int = DEFAULT_SEED,
     refute: bool = True,
     n_simulations: int = 20,
+    identification: IdentificationResult | None = None,
 ) -> IdentificationResult:
     """Identify and write the identification files into an existing folder.
 
@@ -1104,13 +1169,38 @@ def write_identification(
     ``positivity.csv`` (standardized mean differences), ``residence_by_community.csv``,
     ``refutations.csv`` (if refuted) and ``dag.png``.
 
+    Parameters
+    ----------
+    survey
+        A validated :class:`~pari_bayes.survey.Survey`.
+    directory
+        Existing output folder.
+    dag
+        A :class:`CausalDAG`, a DOT path, or ``None`` for ``models/dag.dot``.
+    seed
+        Seed of the refutation simulations.
+    refute
+        Run the refutations.
+    n_simulations
+        Simulations per refuter.
+    identification
+        An identification already computed on this survey and DAG (the main job's):
+        it is written as is, refuted first if ``refute`` and it has no refutations.
+
     Returns
     -------
     IdentificationResult
 
     """
     directory = Path(directory)
-    result = identify(survey, dag=dag, seed=seed, refute=refute, n_simulations=n_simulations)
+    if identification is None:
+        result = identify(survey, dag=dag, seed=seed, refute=refute, n_simulations=n_simulations)
+    elif refute and not identification.refutations:
+        result = refute_identification(
+            identification, survey, dag=dag, seed=seed, n_simulations=n_simulations
+        )
+    else:
+        result = identification
     payload = json.dumps(_json_clean(result.to_dict()), indent=2, sort_keys=False)
     atomic_write_text(directory / "identification.json", payload + "\n")
     atomic_write_text(directory / "identification.md", result.to_markdown())

@@ -249,15 +249,13 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
 
             # Without --dag the participation model keeps the paper's Table 4 controls
             # (SURVEY_COVARIATES); with one, it adjusts for the DAG's adjustment set.
-            _step_dir(
+            ipw = _step_dir(
                 result,
                 "ipw",
                 write_ipw_survey,
                 identification=identification if options.dag is not None else None,
             )
-            common = directory / "ipw" / "ipw_effects_common.csv"
-            if common.exists():
-                ipw_effects = EffectTable.read_csv(common, method="ipw")
+            ipw_effects = EffectTable.coerce(ipw.common, method="ipw", what="IPW effects")
 
     gates: dict[str, dict] = {}
     jobs = []
@@ -289,26 +287,26 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         done = run_fit_jobs(
             jobs, survey, worker_options, options.workers, other_steps, on_done=progress.step
         )
-        for job in jobs:
-            gates[job.name], seconds = done[job.name]
-            result.timings[f"fit:{job.name}"] = round(seconds, 2)
     else:
         other_steps()
 
         from pari_bayes.workers import fit_job_safely
 
+        done = {}
         for job in jobs:
             progress.step(f"Bayesian model {job.name}")
-            gates[job.name], seconds = fit_job_safely(job, survey, fit_options)
-            result.timings[f"fit:{job.name}"] = round(seconds, 2)
-            progress.step(describe_fit(job.name, gates[job.name], seconds))
+            done[job.name] = fit_job_safely(job, survey, fit_options)
+            progress.step(describe_fit(job.name, done[job.name].gate, done[job.name].seconds))
+    for job in jobs:
+        gates[job.name] = done[job.name].gate
+        result.timings[f"fit:{job.name}"] = round(done[job.name].seconds, 2)
     if jobs:
         result.timings["fit_wall"] = round(time.perf_counter() - start, 2)
 
     if table4 is not None:
         method_effects.append(_ols_effects(table4))
         for job in jobs:
-            _fill_comparison(job.target, table4)
+            _fill_comparison(job.target, table4, done[job.name].effects)
     for job in jobs:
         gate = gates[job.name]
         for message in str(gate.get("warnings") or "").split(" | "):
@@ -316,10 +314,8 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         gate_rows.append({"model": job.name, **gate})
         if not gate["passed"]:
             failures.append(f"{job.name}: {gate.get('reason', 'failed')}")
-        if (job.target / "effects.csv").exists():
-            method_effects.append(
-                EffectTable.read_csv(job.target / "effects.csv", method=f"bayes:{job.name}")
-            )
+        if done[job.name].effects is not None:  # from memory, not read back from the CSV
+            method_effects.append(done[job.name].effects)
     if ipw_effects is not None:
         method_effects.append(ipw_effects)
 
@@ -416,23 +412,21 @@ def _ols_effects(table4: Any) -> EffectTable:
     return EffectTable(rows.drop(columns=["_b", "_r", "_k"]))
 
 
-def _fill_comparison(target: Path, table4: Any) -> None:
+def _fill_comparison(target: Path, table4: Any, effects: EffectTable | None) -> None:
     """Fill a fit's ``comparison.csv`` OLS columns from the run's OLS step.
 
     The effects module no longer refits Table 4 inside every Bayesian fit; the main job has
     the OLS coefficients already, so a multilevel fit's comparison (Bayes beside OLS and
-    the published values) gets them here. Other files named ``comparison.csv`` (without
-    ``ols_coef``) are left alone.
+    the published values) gets them here, from the fit's published effect rows. Other files
+    named ``comparison.csv`` (without ``ols_coef``) are left alone.
     """
-    path, effects_path = target / "comparison.csv", target / "effects.csv"
-    if not (path.exists() and effects_path.exists()):
+    path = target / "comparison.csv"
+    if effects is None or not path.exists():
         return
     old = pd.read_csv(path)
-    effects = pd.read_csv(effects_path)
-    needed = {"dimension", "estimand", "scope", "mean", "sd", "q05", "q95"}
-    if "ols_coef" not in old.columns or not needed <= set(effects.columns):
+    if "ols_coef" not in old.columns:
         return
-    new = comparison_table(effects, ols=table4.coefficients)
+    new = comparison_table(effects.frame, ols=table4.coefficients)
     for column in old.columns:
         if column not in new.columns:  # e.g. status = UNCONVERGED
             new[column] = old[column].iloc[0] if len(old) else np.nan

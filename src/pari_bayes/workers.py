@@ -27,7 +27,14 @@ from typing import Any
 
 from pari_bayes.errors import EstimationError
 
-__all__ = ["FitJob", "plan_workers", "run_fit_jobs", "fit_job_safely", "describe_fit"]
+__all__ = [
+    "FitJob",
+    "FitOutcome",
+    "plan_workers",
+    "run_fit_jobs",
+    "fit_job_safely",
+    "describe_fit",
+]
 
 _BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -40,6 +47,26 @@ class FitJob:
     spec_path: Path
     target: Path
     cost: float = 1.0
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """What a finished fit hands back to the main job.
+
+    Attributes
+    ----------
+    gate
+        The spec's gate row (``passed``, ``reason``, ``rung``, ...).
+    seconds
+        Wall time of the fit, escalation included.
+    effects
+        Its published effect rows (an :class:`~pari_bayes.effects.EffectTable`), or
+        ``None`` if it published none (gate missed, or the fit raised).
+    """
+
+    gate: dict[str, Any]
+    seconds: float
+    effects: Any = None
 
 
 def plan_workers(jobs: Sequence[FitJob], n_workers: int) -> list[list[FitJob]]:
@@ -74,9 +101,7 @@ def error_gate(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def fit_job_safely(
-    job: FitJob, survey: Any, options: dict[str, Any]
-) -> tuple[dict[str, Any], float]:
+def fit_job_safely(job: FitJob, survey: Any, options: dict[str, Any]) -> FitOutcome:
     """Fit one job; an estimation error fails this spec only (its gate row says why).
 
     Interrupts (KeyboardInterrupt, SystemExit) still stop the run.
@@ -85,16 +110,18 @@ def fit_job_safely(
     from pari_bayes.estimation.fitting import fit_spec_file
 
     start = time.perf_counter()
+    effects = None
     try:
         fit = fit_spec_file(survey, job.spec_path, job.target, **options)
         gate = fit.gate
+        effects = fit.effect_table(method=f"bayes:{job.name}")
     except (PariBayesError, ArithmeticError, ValueError, RuntimeError) as exc:
         for child in job.target.iterdir():  # nothing half-written from the failed fit
             if child.is_file():
                 child.unlink()
         gate = error_gate(exc)
         gate["traceback"] = traceback.format_exc()[-2000:]
-    return gate, time.perf_counter() - start
+    return FitOutcome(gate=gate, seconds=time.perf_counter() - start, effects=effects)
 
 
 def describe_fit(name: str, gate: dict[str, Any], seconds: float) -> str:
@@ -120,8 +147,7 @@ def _worker(jobs: list[FitJob], survey: Any, options: dict[str, Any], results: A
         redirect_process_output(Path(log_path))
     for job in jobs:
         try:
-            gate, seconds = fit_job_safely(job, survey, options)
-            results.put(("ok", job.name, gate, seconds))
+            results.put(("ok", job.name, fit_job_safely(job, survey, options)))
         except BaseException as exc:  # noqa: BLE001 - reported to the main process
             try:
                 results.put(("error", job.name, exc, traceback.format_exc()))
@@ -137,8 +163,8 @@ def run_fit_jobs(
     n_workers: int,
     while_waiting: Any = None,
     on_done: Any = None,
-) -> dict[str, tuple[dict[str, Any], float]]:
-    """Fit every job in worker processes; returns each job's (gate row, seconds) by name.
+) -> dict[str, FitOutcome]:
+    """Fit every job in worker processes; returns each job's :class:`FitOutcome` by name.
 
     Parameters
     ----------
@@ -168,7 +194,7 @@ def run_fit_jobs(
         ctx.Process(target=_worker, args=(plan, survey, options, results), daemon=False)
         for plan in plan_workers(jobs, n_workers)
     ]
-    gates: dict[str, tuple[dict[str, Any], float]] = {}
+    gates: dict[str, FitOutcome] = {}
     done = False
     try:
         # Each worker's sampler already runs one thread per chain: single-threaded BLAS in
@@ -209,9 +235,10 @@ def run_fit_jobs(
                 else:
                     continue
             if message[0] == "ok":
-                gates[message[1]] = (message[2], float(message[3]))
+                outcome = message[2]
+                gates[message[1]] = outcome
                 if on_done is not None:
-                    on_done(describe_fit(message[1], message[2], float(message[3])))
+                    on_done(describe_fit(message[1], outcome.gate, outcome.seconds))
                 continue
             _, name, exc, text = message
             if isinstance(exc, BaseException):

@@ -208,6 +208,23 @@ class SpecFit:
     result: Any
     gate: dict[str, Any]
 
+    def effect_table(self, method: str) -> Any:
+        """Return the published effect rows in the one schema (``None`` if none).
+
+        The same rows as the fit's ``effects.csv`` (a spec that missed the gate and was
+        published with ``allow_unconverged`` is noted ``UNCONVERGED``), taken from memory:
+        the main job does not read back the files it wrote.
+        """
+        from pari_bayes.effects import EffectTable
+
+        frame = getattr(self.result, "effects", None)
+        if not self.gate.get("effects_published") or frame is None:
+            return None
+        frame = frame.frame if isinstance(frame, EffectTable) else frame
+        if not self.gate.get("passed"):
+            frame = frame.assign(status="UNCONVERGED")
+        return EffectTable.coerce(frame, method=method, what=f"{method} effects")
+
 
 def fit_spec_file(
     survey,

@@ -1,6 +1,6 @@
 """Robustness suite: every shipped spec on designed simulated surveys with known truth.
 
-The surveys are :func:`pari_bayes.scenarios.suite` (26 designed scenarios: 300-5,000
+The surveys are :func:`pari_bayes.scenarios.suite` (27 designed scenarios: 300-5,000
 households, 4-60 communities with CBOs in varying shares, participation 5-60%, weak and
 strong loadings, balanced/skewed/sparse categories, 10-70% zero amounts, amount scales
 unlike the bundled survey's, community sd ~0 to 1, null and mixed-sign effects) and the

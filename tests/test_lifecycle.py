@@ -99,6 +99,7 @@ def test_escalation_stops_at_the_first_rung_that_passes(tmp_path, monkeypatch) -
     assert fit.gate["passed"] and fit.gate["rung"] == 1 and fit.gate["attempts"] == 2
     assert len(calls) == 2 and calls[1] > calls[0]
     assert "rung 0" in fit.gate["ladder"] and "failed" in fit.gate["ladder"]
+    assert "R-hat" in fit.gate["ladder"].split("|")[0]  # why rung 0 failed
     assert (tmp_path / "effects.csv").exists()
 
 

@@ -910,6 +910,11 @@ def _designed() -> list[Scenario]:
     one_at_a_time: list[tuple[str, dict[str, Any], str]] = [
         ("n300", {"n_households": 300}, "smallest survey"),
         ("n5000", {"n_households": 5000}, "largest survey"),
+        (
+            "n1200_c6",
+            {"n_households": 1200, "n_communities": 6, "n_cbo_communities": 3},
+            "1,200 households in 6 communities (3 CBO): the survey of issue 14",
+        ),
         ("c4", {"n_communities": 4, "n_cbo_communities": 2}, "4 communities, 2 with CBOs"),
         ("c60", {"n_communities": 60, "n_cbo_communities": 30}, "60 communities, 30 with CBOs"),
         ("cbo_few", {"n_cbo_communities": 2}, "CBOs in 2 of 12 communities"),
@@ -1010,12 +1015,13 @@ def suite(n: int | None = None, seed: int = 0) -> list[Scenario]:
     A base case, one-factor-at-a-time variations of it (size 300/5,000; 4/60 communities;
     CBO shares 1/6 and 5/6; participation 5%/60%; weak, strong and mixed loadings; skewed
     and sparse categories; 10%/70% zeros; small and large amount scales; community sd ~0
-    and 1; null and mixed-sign effects) and four combined extremes: 26 scenarios.
+    and 1; null and mixed-sign effects), the 1,200-household, 6-community survey of issue 14,
+    and four combined extremes: 27 scenarios.
 
     Parameters
     ----------
     n
-        Number of scenarios. ``None`` (default) or 26: the designed list; fewer: its first
+        Number of scenarios. ``None`` (default) or 27: the designed list; fewer: its first
         ``n``; more: the designed list plus random combinations of the design ranges
         (drawn with ``seed``).
     seed

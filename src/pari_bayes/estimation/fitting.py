@@ -283,11 +283,12 @@ def fit_spec_file(
             seen.add((w.category, str(w.message)))
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         gate = gate_summary(result)
+        why = str(gate.get("reason") or "gate")[:200]
         settings = _sampler_settings(current)
         history.append(
             f"rung {rung} (target_accept {settings['target_accept']:g}, tune "
             f"{settings['tune']}, draws {settings['draws']}): "
-            + ("passed" if gate["passed"] else "failed")
+            + ("passed" if gate["passed"] else f"failed ({why})")
         )
         if gate["passed"] or quick:
             break

@@ -1171,6 +1171,11 @@ def measurement_information(idata, spec: LatentSpec) -> pd.Series:
     return pd.Series(1.0 - var, index=list(spec.factors), name="measurement_information")
 
 
+def _share_text(value: float) -> str:
+    """``measurement_information`` for people: a share at or below 0 reads "about 0"."""
+    return f"about 0 (estimate {value:.2f})" if value < 0.005 else f"{value:.2f}"
+
+
 _GATED = (
     "direct_effect",
     "spillover_effect",
@@ -1431,7 +1436,7 @@ def fit_latent_spec(
         warnings.warn(
             f"latent model {spec.name!r}: the items carry almost no information on the "
             "households' values of "
-            + ", ".join(f"{d} ({v:.2f})" for d, v in weak_factors.items())
+            + ", ".join(f"{d} ({_share_text(v)})" for d, v in weak_factors.items())
             + f" (share of the household-level variance pinned down; below {WEAK_MEASUREMENT}"
             "). Such a factor's scale rests on the loading prior, so its effects in sd units "
             "are NOT identified by the data: read their signs only, or add indicators of it.",

@@ -304,6 +304,9 @@ def test_summaries_from_replicate_rows(tmp_path: Path) -> None:
     text = (tmp_path / "robustness.md").read_text()
     assert "| table4 | suite | 2 | 1/2 (50%)" in text
     assert "## Failures (1)" in text and "| b | table4 |" in text
+    planned = len(rob.all_scenarios()) * len(rob.SPECS)
+    assert f"PARTIAL RUN: 3 of the {planned} replicates" in text  # 3 rows of 111: said
+    assert "table4 on a, b" in text and "latent on a" in text
 
 
 @pytest.mark.slow

@@ -337,7 +337,6 @@ def test_main_job_fills_a_fits_comparison_from_its_ols_step(tmp_path):
     from pari_bayes.pipeline import _fill_comparison
 
     effects = effects_table(_predict(0.4, 0.3), ["behavior_adaptation"], scopes=("observed",))
-    effects.to_csv(tmp_path / "effects.csv", index=False)
     comparison_table(effects).assign(status="UNCONVERGED").to_csv(
         tmp_path / "comparison.csv", index=False
     )
@@ -352,7 +351,8 @@ def test_main_job_fills_a_fits_comparison_from_its_ols_step(tmp_path):
             "p_cluster": 0.1,
         }
     )
-    _fill_comparison(tmp_path, SimpleNamespace(coefficients=coefficients))
+    table = EffectTable.coerce(effects, method="bayes:table4")  # the fit's rows, in memory
+    _fill_comparison(tmp_path, SimpleNamespace(coefficients=coefficients), table)
     filled = pd.read_csv(tmp_path / "comparison.csv").set_index("estimand")
     assert filled.loc["TE", "ols_coef"] == 0.7 and filled.loc["DE", "ols_coef"] == -0.1
     assert (filled["status"] == "UNCONVERGED").all()

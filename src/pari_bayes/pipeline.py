@@ -257,7 +257,6 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             )
             ipw_effects = EffectTable.coerce(ipw.common, method="ipw", what="IPW effects")
 
-    gates: dict[str, dict] = {}
     jobs = []
     if "fit" in steps:
         from pari_bayes.workers import FitJob
@@ -298,7 +297,6 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             done[job.name] = fit_job_safely(job, survey, fit_options)
             progress.step(describe_fit(job.name, done[job.name].gate, done[job.name].seconds))
     for job in jobs:
-        gates[job.name] = done[job.name].gate
         result.timings[f"fit:{job.name}"] = round(done[job.name].seconds, 2)
     if jobs:
         result.timings["fit_wall"] = round(time.perf_counter() - start, 2)
@@ -308,7 +306,7 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         for job in jobs:
             _fill_comparison(job.target, table4, done[job.name].effects)
     for job in jobs:
-        gate = gates[job.name]
+        gate = done[job.name].gate
         for message in str(gate.get("warnings") or "").split(" | "):
             progress.note(message)
         gate_rows.append({"model": job.name, **gate})

@@ -194,7 +194,7 @@ def run_fit_jobs(
         ctx.Process(target=_worker, args=(plan, survey, options, results), daemon=False)
         for plan in plan_workers(jobs, n_workers)
     ]
-    gates: dict[str, FitOutcome] = {}
+    outcomes: dict[str, FitOutcome] = {}
     done = False
     try:
         # Each worker's sampler already runs one thread per chain: single-threaded BLAS in
@@ -213,15 +213,15 @@ def run_fit_jobs(
         if while_waiting is not None:
             while_waiting()
         last_tick = time.perf_counter()
-        while len(gates) < len(jobs):
+        while len(outcomes) < len(jobs):
             try:
                 message = results.get(timeout=0.5)
             except queue.Empty:
                 if on_done is not None and time.perf_counter() - last_tick > 30:
                     last_tick = time.perf_counter()
-                    waiting = [j.name for j in jobs if j.name not in gates]
+                    waiting = [j.name for j in jobs if j.name not in outcomes]
                     on_done(
-                        f"sampling: {len(gates)} of {len(jobs)} models done; "
+                        f"sampling: {len(outcomes)} of {len(jobs)} models done; "
                         f"still fitting {', '.join(waiting)}"
                     )
                 if not any(p.is_alive() for p in procs):
@@ -236,7 +236,7 @@ def run_fit_jobs(
                     continue
             if message[0] == "ok":
                 outcome = message[2]
-                gates[message[1]] = outcome
+                outcomes[message[1]] = outcome
                 if on_done is not None:
                     on_done(describe_fit(message[1], outcome.gate, outcome.seconds))
                 continue
@@ -258,4 +258,4 @@ def run_fit_jobs(
                 proc.kill()
                 proc.join()
         results.close()
-    return gates
+    return outcomes

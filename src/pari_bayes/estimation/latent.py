@@ -50,7 +50,11 @@ import pandas as pd
 
 from pari_bayes.effects import EffectTable
 from pari_bayes.errors import ConvergenceError, EstimationError, SpecError
-from pari_bayes.estimation.multilevel import conditional_deviations, marginal_loglik
+from pari_bayes.estimation.multilevel import (
+    community_counts,
+    conditional_deviations,
+    marginal_loglik,
+)
 from pari_bayes.estimation.posterior import write_posterior
 from pari_bayes.io import write_csv
 from pari_bayes.measurement.items import (
@@ -599,12 +603,6 @@ def lkj_corr_draw(n: int, eta: float, rng: np.random.Generator) -> np.ndarray:
     return chol @ chol.T
 
 
-def _community_sizes(design: LatentDesign) -> np.ndarray:
-    """Households per community (at least 1, so an empty level cannot divide by 0)."""
-    counts = np.bincount(design.community_index, minlength=len(design.communities))
-    return np.maximum(counts, 1).astype(float)
-
-
 def _structural_mean(posterior, design: LatentDesign) -> np.ndarray:
     """Structural part of eta without the community deviations: (chain, draw, n, D)."""
     direct = posterior["direct_effect"].to_numpy()
@@ -634,7 +632,7 @@ def add_community_draws(idata, design: LatentDesign, seed: int):
 
     post = idata.posterior
     idx = design.community_index
-    counts = _community_sizes(design)
+    counts = community_counts(design)
     resid = post["eta"].to_numpy() - _structural_mean(post, design)
     sums = np.zeros((*resid.shape[:2], counts.size, resid.shape[-1]))
     np.add.at(sums, (slice(None), slice(None), idx), resid)
@@ -753,7 +751,7 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
             marginal_loglik(
                 eta - fixed,
                 design.community_index,
-                _community_sizes(design),
+                community_counts(design),
                 chol,
                 comm_sd,
                 n_fac,

@@ -326,8 +326,12 @@ def build_design(
 # --------------------------------------------------------------------------------------
 
 
-def community_counts(design: MultilevelDesign) -> np.ndarray:
-    """Households per community (float, at least 1 so empty levels cannot divide by 0)."""
+def community_counts(design: Any) -> np.ndarray:
+    """Households per community (float, at least 1 so empty levels cannot divide by 0).
+
+    ``design`` is any design with ``community_index`` and ``communities`` (the multilevel
+    and the latent design).
+    """
     counts = np.bincount(design.community_index, minlength=len(design.communities))
     return np.maximum(counts, 1).astype(float)
 

@@ -256,12 +256,7 @@ def test_every_suite_survey_is_valid() -> None:
 
 
 def _robustness_module():
-    spec = importlib.util.spec_from_file_location(
-        "robustness_script", PROJECT_ROOT / "scripts" / "robustness.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script_module("robustness")
 
 
 def test_summaries_from_replicate_rows(tmp_path: Path) -> None:
@@ -310,11 +305,12 @@ def test_summaries_from_replicate_rows(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_suite_surveys_pass_the_gate_with_table4(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spec", ["table4", "latent"])
+def test_two_suite_surveys_pass_the_gate(spec: str, tmp_path: Path) -> None:
     rob = _robustness_module()
     scenarios = _by_name()
     for name in ("n300", "c4"):
-        row = rob.run_replicate(scenarios[name], rob.SPECS["table4"], 20240611, tmp_path / name)
+        row = rob.run_replicate(scenarios[name], rob.SPECS[spec], 20240611, tmp_path / name)
         assert row["error"] == "", row["error"]
         assert row["gate_passed"], (name, row["reason"], row["ladder"])
         assert row["divergences"] == 0
@@ -322,4 +318,52 @@ def test_two_suite_surveys_pass_the_gate_with_table4(tmp_path: Path) -> None:
         assert row["n_intervals"] == 2 * len(DIMENSIONS)
         assert {c["estimand"] for c in row["coverage"]} == {"DE", "IE"}
         assert all(c["q05"] <= c["mean"] <= c["q95"] for c in row["coverage"])
-        assert (tmp_path / name / "table4" / "effects.csv").exists()
+        assert (tmp_path / name / spec / "effects.csv").exists()
+
+
+def _script_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scaling_benchmark_grows_communities_with_the_survey_and_fits_slopes() -> None:
+    bench = _script_module("bench_scaling")
+    sizes = {n: bench.scaling_scenario(n) for n in bench.SIZES}
+    assert [sc.n_communities for sc in sizes.values()] == [12, 48, 200, 600]
+    assert all(sc.n_cbo_communities == sc.n_communities // 2 for sc in sizes.values())
+    table = pd.DataFrame(
+        {
+            "spec": ["a"] * 3 + ["b"] * 3 + ["c"],
+            "n_households": [300, 1200, 4800] * 2 + [300],
+            "fit_s": [10.0, 40.0, 160.0, 5.0, 10.0, 20.0, 1.0],
+        }
+    )
+    slope = bench.slopes(table).set_index("spec")["slope"]
+    assert slope["a"] == pytest.approx(1.0) and slope["b"] == pytest.approx(0.5)
+    assert "c" not in slope  # one size: no slope
+
+
+def test_scaling_benchmark_runs_end_to_end_on_tiny_draws(tmp_path: Path) -> None:
+    bench = _script_module("bench_scaling")
+    out = tmp_path / "scaling.csv"
+    code = bench.main(
+        [
+            "--sizes",
+            "300",
+            "--specs",
+            "table4",
+            "--quick",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path),
+        ]
+    )
+    table = pd.read_csv(out)
+    assert code == (0 if table["gate_passed"].all() else 3)
+    assert len(table) == 1 and table.loc[0, "n_communities"] == 12
+    row = table.iloc[0]
+    assert row["fit_s"] >= row["compile_s"] + row["sampling_s"] > 0
+    assert row["steps_per_draw"] >= 1 and row["ms_per_gradient"] > 0

@@ -26,7 +26,7 @@ def main() -> None:
     survey = pb.load_survey(args.data)
     with output_dir(args.out, force=True) as tmp:
         result = pb.write_identification(survey, tmp, seed=args.seed, refute=not args.quick)
-    dimension = pb.DIMENSIONS[1]
+    dimension = survey.codebook.dimensions[1]
     for estimand in ("DE", "IE", "TE", "OE"):
         print(
             f"{estimand}: identified under the DAG: {result.is_identified(estimand, dimension)}; "

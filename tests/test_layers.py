@@ -37,6 +37,7 @@ LAYERS = {
     "pari_bayes.calibration": 5,
     "pari_bayes.workers": 6,
     "pari_bayes.pipeline": 6,
+    "pari_bayes.project": 6,
     "pari_bayes.report": 6,
     "pari_bayes.commands": 7,
     "pari_bayes.cli": 7,

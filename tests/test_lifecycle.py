@@ -233,7 +233,7 @@ def _difference_in_means(survey, spec, directory, *, seed=None, **kwargs):  # no
     scores = pca_scores(survey.data, survey.codebook).scores
     exposure = survey.data["exposure"].to_numpy()
     rows = []
-    for dim in spec.outcomes:
+    for dim in spec.for_dimensions(survey.codebook.dimensions).outcomes:
         y = scores[dim].to_numpy()
         a, b = y[exposure == "participant"], y[exposure == "nonparticipant_cbo"]
         draws = np.array(

@@ -38,7 +38,8 @@ def _raw(**changes):
 @pytest.mark.parametrize("name", ["table4.toml", "multivariate.toml"])
 def test_shipped_specs_parse_and_state_reasons(name):
     spec = load_spec(MODELS_DIR / name)
-    assert spec.outcomes == DIMENSIONS
+    assert spec.outcomes == ()  # every dimension of the survey it meets
+    assert spec.for_dimensions(DIMENSIONS).outcomes == DIMENSIONS
     assert spec.terms == ("cbo_participation", "cbo_presence") and spec.group == "community"
     assert spec.priors["community_sd"].family == "halfnormal"
     assert all(len(p.reason) > 30 for p in spec.priors.values())
@@ -66,7 +67,7 @@ def test_formula_parser():
     [
         ({"kind": "glm"}, r"key kind: 'glm'; allowed: multilevel, multivariate, latent"),
         ({"colour": 1}, r"unknown key\(s\) 'colour'; allowed: kind, name"),
-        ({"outcomes": ["happiness"]}, r"unknown dimension 'happiness'; allowed: economic"),
+        ({"outcomes": [1]}, r"key outcomes: \[1\]; allowed: a list of the survey codebook"),
         ({"identification": "ATE"}, r"key identification: 'ATE'; allowed: DE, IE, TE, OE"),
         (
             {"priors": {"direct_effect": {"family": "cauchy", "mu": 0, "sigma": 1, "reason": "r"}}},

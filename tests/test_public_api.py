@@ -6,7 +6,6 @@ import pari_bayes as pb
 
 EXPECTED = {
     "__version__",
-    "DIMENSIONS",
     "EXPOSURE_GROUPS",
     "Codebook",
     "Registry",

@@ -17,7 +17,7 @@ import importlib
 from typing import Any
 
 from pari_bayes._version import __version__
-from pari_bayes.codebook import DIMENSIONS, Codebook, load_codebook
+from pari_bayes.codebook import Codebook, load_codebook
 from pari_bayes.errors import (
     ConvergenceError,
     DAGError,
@@ -58,7 +58,6 @@ _LAZY = {
 
 __all__ = [
     "__version__",
-    "DIMENSIONS",
     "EXPOSURE_GROUPS",
     "Codebook",
     "Registry",

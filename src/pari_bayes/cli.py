@@ -14,10 +14,12 @@ import warnings
 from collections.abc import Sequence
 
 from pari_bayes._version import __version__
+from pari_bayes.commands._common import resolve_data_arguments
 from pari_bayes.errors import ConvergenceError, PariBayesError, PariBayesWarning
 
 #: Subcommand modules, in the order ``--help`` lists them (the pipeline's order).
 COMMAND_MODULES = (
+    "init",
     "validate",
     "simulate",
     "calibrate",
@@ -76,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     warnings.simplefilter("always", PariBayesWarning)
     try:
+        resolve_data_arguments(args)
         return int(args._run(args) or 0)
     except ConvergenceError as exc:
         print(f"error: {exc}", file=sys.stderr)

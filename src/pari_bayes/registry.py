@@ -5,6 +5,7 @@ CBO presence is a property of a community and is derived here, never typed into 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -14,7 +15,15 @@ from pathlib import Path
 from pari_bayes._paths import DEFAULT_REGISTRY
 from pari_bayes.errors import RegistryError
 
-__all__ = ["CBO", "Community", "Registry", "load_registry", "months_between"]
+__all__ = [
+    "CBO",
+    "Community",
+    "Registry",
+    "load_registry",
+    "months_between",
+    "registry_from_survey",
+    "registry_toml",
+]
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _COMMUNITY_KEYS = {"name", "formed", "surveyed", "cbos"}
@@ -176,3 +185,86 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
             )
         )
     return Registry(communities=tuple(communities), path=path, kinds=kinds)
+
+
+def registry_toml(
+    registry: Registry,
+    header: str = "Community registry of a simulated survey (pari_bayes.scenarios).",
+) -> str:
+    """Write the registry as ``communities.toml`` text that :func:`load_registry` reads back.
+
+    ``header`` becomes the file's first comment (one ``#`` line per line of it).
+    """
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines += ["kinds = [" + ", ".join(json.dumps(k) for k in registry.kinds) + "]", ""]
+    for c in registry.communities:
+        lines += [
+            "[[community]]",
+            f"name = {json.dumps(c.name)}",
+            f'formed = "{c.formed}"',
+            f'surveyed = "{c.surveyed}"',
+        ]
+        cbos = ", ".join(
+            f"{{ name = {json.dumps(cbo.name)}, kind = {json.dumps(cbo.kind)} }}" for cbo in c.cbos
+        )
+        lines += [f"cbos = [{cbos}]", ""]
+    return "\n".join(lines)
+
+
+def _month_minus(month: str, months: int) -> str:
+    year, mon = _parse_month(month, "surveyed")
+    index = year * 12 + (mon - 1) - months
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def registry_from_survey(
+    frame,
+    surveyed: str,
+    community: str = "community",
+    treatment: str = "cbo_participation",
+    residence: str = "residence_months",
+) -> tuple[Registry, tuple[str, ...]]:
+    """Draft a registry with every community of a survey frame (``pari-bayes init``).
+
+    A community where any household took part in a CBO (``treatment`` = 1) is given one
+    CBO (kind ``other``, to be named); one where nobody did is drafted *without* CBOs,
+    which the user must confirm (a CBO nobody in the sample joined is possible). The
+    formation month is ``surveyed`` minus the community's longest residence (the data
+    cannot say more).
+
+    Returns
+    -------
+    Registry, tuple of str
+        The draft and one review line per guess.
+    """
+    import numpy as np
+
+    review: list[str] = []
+    for col in (community, treatment):
+        if col not in frame.columns:
+            raise RegistryError(
+                f"the survey has no column {col!r}; the registry draft needs the community "
+                f"of each household and its CBO participation ({community}, {treatment})"
+            )
+    _parse_month(surveyed, "--surveyed")
+    communities = []
+    for name, rows in frame.groupby(frame[community].astype(str), sort=True):
+        joined = int(np.nansum(rows[treatment].to_numpy(dtype=float)))
+        longest = 0
+        if residence in rows.columns:
+            longest = int(np.ceil(np.nanmax(rows[residence].to_numpy(dtype=float))))
+        cbos = (CBO(name=f"CBO of {name} (to be named)", kind="other"),) if joined else ()
+        formed = _month_minus(surveyed, max(longest, 0))
+        review.append(
+            f"{name}: "
+            + (
+                f"{joined} participating households: one CBO drafted (name and kind it)"
+                if joined
+                else "no participating household: drafted WITHOUT CBOs (confirm; a CBO that "
+                "nobody in the sample joined still counts as present)"
+            )
+            + f"; formed {formed} = surveyed {surveyed} minus the longest residence "
+            f"({longest} months): replace with the real formation month"
+        )
+        communities.append(Community(name=name, formed=formed, surveyed=surveyed, cbos=cbos))
+    return Registry(communities=tuple(communities)), tuple(review)

@@ -105,7 +105,14 @@ from pari_bayes.codebook import DIMENSIONS, Codebook, load_codebook
 from pari_bayes.errors import PariBayesError
 from pari_bayes.income import income_scale
 from pari_bayes.io import atomic_write_text, write_csv
-from pari_bayes.registry import CBO, DEFAULT_KINDS, Community, Registry, load_registry
+from pari_bayes.registry import (
+    CBO,
+    DEFAULT_KINDS,
+    Community,
+    Registry,
+    load_registry,
+    registry_toml,
+)
 
 __all__ = [
     "ADJUSTMENT_COVARIATES",
@@ -850,27 +857,6 @@ def simulate_scenario(
 # ---------------------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------------------
-
-
-def registry_toml(registry: Registry) -> str:
-    """Write the registry as ``communities.toml`` text that ``load_registry`` reads back."""
-    lines = [
-        "# Community registry of a simulated robustness-suite survey (pari_bayes.scenarios).",
-        "kinds = [" + ", ".join(json.dumps(k) for k in registry.kinds) + "]",
-        "",
-    ]
-    for c in registry.communities:
-        lines += [
-            "[[community]]",
-            f"name = {json.dumps(c.name)}",
-            f'formed = "{c.formed}"',
-            f'surveyed = "{c.surveyed}"',
-        ]
-        cbos = ", ".join(
-            f"{{ name = {json.dumps(cbo.name)}, kind = {json.dumps(cbo.kind)} }}" for cbo in c.cbos
-        )
-        lines += [f"cbos = [{cbos}]", ""]
-    return "\n".join(lines)
 
 
 def write_scenario(

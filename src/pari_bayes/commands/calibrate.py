@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Calibrate and audit into ``--out``."""
-    survey = load_survey(args.data, communities=args.communities)
+    survey = load_survey(args.data, communities=args.communities, codebook=args.codebook)
     with output_dir(args.out, force=args.force) as staging:
         result = write_calibration(survey, staging)
     print(f"{args.out}: {result.summary()}")

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         draws=args.draws, tune=args.tune, chains=args.chains, sampler=args.sampler
     )
     check_out_dir(args.out, force=args.force)
-    survey = load_survey(args.data, communities=args.communities)
+    survey = load_survey(args.data, communities=args.communities, codebook=args.codebook)
     identification = identify(survey, dag=args.dag, refute=False)
     with output_dir(args.out, force=args.force) as tmp:
         fit = fit_spec_file(

@@ -19,9 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument(
         "--dag",
-        default=str(DEFAULT_DAG),
+        default=None,
         metavar="FILE",
-        help="causal graph in DOT (default: models/dag.dot)",
+        help="causal graph in DOT (default: the project's dag.dot, else models/dag.dot)",
     )
     add_out_arguments(parser)
     add_seed_argument(parser)
@@ -37,12 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Identify and write identification.json/.md, estimands/positivity/refutations CSVs."""
-    survey = load_survey(args.data, communities=args.communities)
+    survey = load_survey(args.data, communities=args.communities, codebook=args.codebook)
     with output_dir(args.out, force=args.force) as tmp:
         result = write_identification(
             survey,
             tmp,
-            dag=args.dag,
+            dag=args.dag or DEFAULT_DAG,
             seed=args.seed,
             refute=not args.no_refute,
             n_simulations=args.simulations,

@@ -171,7 +171,7 @@ def _run_survey(args: argparse.Namespace) -> int:
             "communities (cbo_presence = 0) supply allocation 0 by design."
         )
     check_out_dir(args.out, force=args.force)
-    survey = load_survey(args.data, communities=args.communities)
+    survey = load_survey(args.data, communities=args.communities, codebook=args.codebook)
     identification = None
     if args.dag is not None:
         from pari_bayes.identification.identify import identify

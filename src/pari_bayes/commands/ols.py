@@ -25,13 +25,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="B",
         help="wild cluster bootstrap draws (Webb weights; default 999; 0 skips it)",
     )
+    parser.add_argument(
+        "--compare-published",
+        action="store_true",
+        help="put Yang & Xu's published Table 4 beside the estimates (default: only for "
+        "the bundled survey; any other survey is not the paper's sample)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Fit Table 4 and write ols_table4.csv, ols_fit.csv, pca.csv and table4.md."""
-    survey = load_survey(args.data, communities=args.communities)
+    survey = load_survey(args.data, communities=args.communities, codebook=args.codebook)
     with output_dir(args.out, force=args.force) as staging:
-        result = write_ols(survey, staging, seed=args.seed, n_boot=args.n_boot)
+        result = write_ols(
+            survey,
+            staging,
+            seed=args.seed,
+            n_boot=args.n_boot,
+            published=True if args.compare_published else None,
+        )
     coefs = result.coefficients
     printed = coefs.dropna(subset=["diff_in_se"])
     worst = printed.loc[printed["diff_in_se"].abs().idxmax()] if len(printed) else None

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         log = staging / LOG_NAME
         with captured(log, console):
             console.step(f"reading {args.data}")
-            survey = load_survey(args.data, communities=args.communities)
+            survey = load_survey(args.data, communities=args.communities, codebook=args.codebook)
             if args.hash_ids:
                 survey = hash_household_ids(survey, new_salt())
             console.step(survey.summary())

@@ -18,6 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate and print a one-line summary."""
-    survey = load_survey(args.survey, communities=args.communities)
+    survey = load_survey(args.survey, communities=args.communities, codebook=args.codebook)
     print(f"{args.survey}: valid: {survey.summary()}")
     return 0

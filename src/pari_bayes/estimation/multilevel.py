@@ -33,7 +33,6 @@ import pandas as pd
 import xarray as xr
 
 from pari_bayes._version import __version__
-from pari_bayes.codebook import DIMENSIONS
 from pari_bayes.errors import (
     EstimationError,
     IdentificationError,
@@ -81,7 +80,7 @@ def outcome_scores(survey) -> tuple[pd.DataFrame, str]:
     except ImportError:  # FALLBACK until pari_bayes.measurement.pca exists
         data, book = survey.data, survey.codebook
         out = {}
-        for dim in DIMENSIONS:
+        for dim in book.dimensions:
             items = data[list(book.indicators[dim])].astype(float)
             z = (items - items.mean()) / items.std(ddof=0).replace(0, 1)
             m = z.mean(axis=1)
@@ -116,7 +115,7 @@ def adjustment_sets(
 
         identification = identify(survey, refute=False)
     sets: dict[str, tuple[str, ...]] = {}
-    for dim in spec.outcomes:
+    for dim in spec.for_dimensions(survey.codebook.dimensions).outcomes:
         chosen = tuple(identification.adjustment_set(spec.identification, dim))
         sets[dim] = chosen
     return sets, "identification"
@@ -229,6 +228,7 @@ def build_design(
         If an exposure or covariate does not vary.
     """
     data = survey.data.reset_index(drop=True)
+    spec = spec.for_dimensions(survey.codebook.dimensions)
     spec.check_columns(list(data.columns))
     if scores is None:
         scores, outcome_source = outcome_scores(survey)

@@ -23,8 +23,8 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.stats.outliers_influence import variance_inflation_factor
 
-from pari_bayes._paths import PUBLISHED_DIR
-from pari_bayes.codebook import DIMENSIONS, Codebook, load_codebook
+from pari_bayes._paths import DEFAULT_SURVEY, PUBLISHED_DIR
+from pari_bayes.codebook import Codebook, load_codebook
 from pari_bayes.errors import EstimationError, PariBayesWarning, SurveyDataError
 from pari_bayes.estimation.few_clusters import (
     WEBB_WEIGHTS,
@@ -39,6 +39,7 @@ from pari_bayes.measurement.pca import PCAResult, pca_scores
 __all__ = [
     "DEFAULT_SEED",
     "MODELS",
+    "table4_models",
     "TERMS",
     "OLSFit",
     "Table4Result",
@@ -77,12 +78,21 @@ DIRECT_EFFECT = "direct_effect"
 #: Row order of the outputs: Table 4's order, the implied direct effect after the CBO terms.
 TERM_ORDER = (*list(TERMS.values())[:8], DIRECT_EFFECT, "const")
 
-#: Model number -> (dimension, with CBO terms), as in Table 4.
-MODELS = {
-    2 * i + 1 + with_cbo: (dim, bool(with_cbo))
-    for i, dim in enumerate(DIMENSIONS)
-    for with_cbo in (0, 1)
-}
+
+def table4_models(dimensions: Sequence[str]) -> dict[int, tuple[str, bool]]:
+    """Model number -> (dimension, with CBO terms): two models per dimension, as Table 4.
+
+    Models ``2i + 1`` and ``2i + 2`` are dimension ``i`` without and with the CBO terms.
+    """
+    return {
+        2 * i + 1 + with_cbo: (dim, bool(with_cbo))
+        for i, dim in enumerate(dimensions)
+        for with_cbo in (0, 1)
+    }
+
+
+#: Table 4's Models 1-8 on the bundled codebook's dimensions (the paper's order).
+MODELS = table4_models(load_codebook().dimensions)
 
 LABELS = {
     "residence_months": "Residence months",
@@ -259,7 +269,9 @@ def _published() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return coefs, fit, covariates
 
 
-def _check_inputs(data: pd.DataFrame, scores: pd.DataFrame, cluster: str) -> None:
+def _check_inputs(
+    data: pd.DataFrame, scores: pd.DataFrame, cluster: str, dimensions: Sequence[str]
+) -> None:
     needed = [*BASE_REGRESSORS, *CBO_REGRESSORS, cluster]
     missing = [c for c in needed if c not in data.columns]
     if missing:
@@ -267,11 +279,11 @@ def _check_inputs(data: pd.DataFrame, scores: pd.DataFrame, cluster: str) -> Non
             f"Table 4 needs column(s) {', '.join(missing)}; pass Survey.data from "
             "pari_bayes.load_survey (it derives cbo_existence and income_scale)."
         )
-    absent = [d for d in DIMENSIONS if d not in scores.columns]
+    absent = [d for d in dimensions if d not in scores.columns]
     if absent:
         raise EstimationError(
             f"scores lack dimension column(s) {', '.join(absent)}; expected "
-            f"{', '.join(DIMENSIONS)} (e.g. pca_scores(...).scores)."
+            f"{', '.join(dimensions)} (e.g. pca_scores(...).scores)."
         )
     if not scores.index.equals(data.index):
         raise EstimationError(
@@ -281,7 +293,7 @@ def _check_inputs(data: pd.DataFrame, scores: pd.DataFrame, cluster: str) -> Non
     for name in [*BASE_REGRESSORS, *CBO_REGRESSORS]:
         if not np.all(np.isfinite(data[name].to_numpy(dtype=float))):
             raise SurveyDataError(f"column {name} holds missing or infinite values.")
-    for dim in DIMENSIONS:
+    for dim in dimensions:
         if not np.all(np.isfinite(scores[dim].to_numpy(dtype=float))):
             raise EstimationError(f"score {dim} holds missing or infinite values.")
 
@@ -352,8 +364,12 @@ def fit_table4(
     seed: int = DEFAULT_SEED,
     codebook: Codebook | None = None,
     cluster: str = "community",
+    published: bool = True,
 ) -> Table4Result:
-    """Fit Table 4's Models 1-8 with classical, cluster-robust and bootstrap inference.
+    """Fit Table 4's models with classical, cluster-robust and bootstrap inference.
+
+    Two models per dimension of the codebook (without, then with the CBO terms): Models
+    1-8 on the paper's four dimensions.
 
     Parameters
     ----------
@@ -370,6 +386,10 @@ def fit_table4(
         Codebook for the PCA when ``scores`` is omitted; the bundled one by default.
     cluster
         Column holding the cluster (community) of each household.
+    published
+        Put Yang & Xu's published values beside each model that is the paper's (same
+        number, same dimension); ``False`` leaves the ``published_*`` columns empty (a
+        survey other than the paper's).
 
     Returns
     -------
@@ -393,15 +413,29 @@ def fit_table4(
 
     """
     pca = None
+    codebook = codebook if codebook is not None else load_codebook()
     if scores is None:
-        pca = pca_scores(data, codebook if codebook is not None else load_codebook())
+        pca = pca_scores(data, codebook)
         scores = pca.scores
-    _check_inputs(data, scores, cluster)
+    dimensions = codebook.dimensions
+    _check_inputs(data, scores, cluster, dimensions)
     if n_boot < 0:
         raise EstimationError(f"n_boot must be 0 or more; got {n_boot}.")
+    model_dims = table4_models(dimensions)
     pub_coefs, pub_fit, pub_cov = _published()
-    pub_coefs = pub_coefs.set_index(["model", "term"])
-    pub_fit = pub_fit.set_index("model")
+    # published values only where the model is the paper's (same number, same dimension)
+    same = [
+        model_dims.get(m, ("",))[0] == d
+        for m, d in zip(pub_coefs["model"], pub_coefs["dimension"], strict=True)
+    ]
+    if not published:
+        same = [False] * len(same)
+    pub_coefs = pub_coefs[same].set_index(["model", "term"])
+    same_fit = [
+        model_dims.get(m, ("",))[0] == d
+        for m, d in zip(pub_fit["model"], pub_fit["dimension"], strict=True)
+    ]
+    pub_fit = pub_fit[[published and x for x in same_fit]].set_index("model")
     pub_vif = dict(zip(pub_cov["variable"], pub_cov["vif"].astype(float), strict=True))
     labels, codes = cluster_codes(data[cluster].astype(str))
     n_clusters = len(labels)
@@ -412,7 +446,7 @@ def fit_table4(
     fit_rows: list[dict] = []
     models: dict[int, object] = {}
     cluster_models: dict[int, object] = {}
-    for model, (dim, with_cbo) in MODELS.items():
+    for model, (dim, with_cbo) in model_dims.items():
         X = _design(data, with_cbo, model)
         y = scores[dim].astype(float)
         res = classical_ols(y, X).results
@@ -679,7 +713,14 @@ def table4_markdown(result: Table4Result, source: str = "") -> str:
 
     """
     c, fit = result.coefficients, result.fit.set_index("model")
-    lines = ["# Table 4 reproduced: OLS Models 1-8 (ours | published)", ""]
+    compare = bool(np.isfinite(c["published_coef"].astype(float)).any())
+    n_models = int(c["model"].max())
+    lines = [
+        f"# Table 4 reproduced: OLS Models 1-{n_models} (ours | published)"
+        if compare
+        else f"# PCA + OLS baseline (the models of Yang & Xu's Table 4): Models 1-{n_models}",
+        "",
+    ]
     if source:
         lines += [f"Survey: {source}", ""]
     lines += [
@@ -689,19 +730,26 @@ def table4_markdown(result: Table4Result, source: str = "") -> str:
         "",
     ]
     term_order = TERM_ORDER
-    for dim in DIMENSIONS:
-        models = [m for m, (d, _) in MODELS.items() if d == dim]
+    model_dims = {
+        int(m): (d, bool(w))
+        for m, d, w in c[["model", "dimension", "with_cbo_terms"]]
+        .drop_duplicates()
+        .itertuples(index=False)
+    }
+    for dim in dict.fromkeys(d for d, _ in model_dims.values()):
+        models = [m for m, (d, _) in model_dims.items() if d == dim]
         lines.append(f"## {dim.replace('_', ' ').capitalize()} (Models {models[0]}-{models[-1]})")
         lines.append("")
-        header = "| Variable | " + " | ".join(f"M{m} ours | M{m} paper" for m in models) + " |"
-        lines += [header, "|---" * (1 + 2 * len(models)) + "|"]
+        heads = [f"M{m} ours | M{m} paper" if compare else f"M{m}" for m in models]
+        header = "| Variable | " + " | ".join(heads) + " |"
+        lines += [header, "|---" * (1 + (2 if compare else 1) * len(models)) + "|"]
         for term in term_order:
             cells = []
             present = False
             for m in models:
                 row = c[(c["model"] == m) & (c["term"] == term)]
                 if row.empty:
-                    cells += ["", ""]
+                    cells += ["", ""] if compare else [""]
                     continue
                 present = True
                 r = row.iloc[0]
@@ -712,7 +760,7 @@ def table4_markdown(result: Table4Result, source: str = "") -> str:
                     )
                 else:
                     paper = _cell(r.published_coef, r.published_se, r.published_stars)
-                cells += [ours, paper]
+                cells += [ours, paper] if compare else [ours]
             if present:
                 lines.append(f"| {LABELS[term]} | " + " | ".join(cells) + " |")
         for label, col, pub, fmt in (
@@ -724,7 +772,7 @@ def table4_markdown(result: Table4Result, source: str = "") -> str:
             for m in models:
                 ours = fmt.format(fit.loc[m, col])
                 paper = fmt.format(fit.loc[m, pub]) if np.isfinite(fit.loc[m, pub]) else ""
-                cells += [ours, paper]
+                cells += [ours, paper] if compare else [ours]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     printed = c[np.isfinite(c["diff_in_se"])]
@@ -743,7 +791,20 @@ def table4_markdown(result: Table4Result, source: str = "") -> str:
             "",
         ]
     lines += _few_cluster_section(result)
-    if result.pca is not None:
+    if result.pca is not None and not compare:
+        lines += ["## Measurement (PCA: first principal component per dimension)", ""]
+        lines += [
+            "| Dimension | Kaiser components | PC1 share % | KMO | Bartlett chi2 | p |",
+            "|---|---|---|---|---|---|",
+        ]
+        for _, r in result.pca.summary().iterrows():
+            lines.append(
+                f"| {r.dimension} | {r.n_components_kaiser} | {r.variance_explained_pct:.2f} | "
+                f"{r.kmo:.3f} | {r.bartlett_chi2:.1f} | {r.bartlett_p:.3g} |"
+            )
+        notes = [f"- {note}" for note in result.pca.notes]
+        lines += ["", *notes, ""] if notes else [""]
+    elif result.pca is not None:
         lines += ["## Measurement (PCA, section 3.3.1)", ""]
         lines += [
             "| Dimension | Kaiser components | PC1 share % | paper | KMO | paper | Bartlett chi2 "
@@ -768,6 +829,7 @@ def write_ols(
     seed: int = DEFAULT_SEED,
     n_boot: int = 999,
     identification: Any = None,
+    published: bool | None = None,
 ) -> Table4Result:
     """Run the paper's pipeline (PCA -> OLS) and write its files into ``directory``.
 
@@ -785,6 +847,9 @@ def write_ols(
         Wild cluster bootstrap seed and draws.
     identification
         The run's identification result (adjustment sets from its DAG).
+    published
+        Compare with Yang & Xu's published Table 4; ``None`` (default): only when the
+        survey is the bundled one (any other survey is not the paper's sample).
 
     Returns
     -------
@@ -792,8 +857,17 @@ def write_ols(
 
     """
     directory = Path(directory)
+    if published is None:
+        published = Path(survey.source).resolve() == DEFAULT_SURVEY.resolve()
     pca = pca_scores(survey.data, survey.codebook)
-    result = fit_table4(survey.data, scores=pca.scores, n_boot=n_boot, seed=seed)
+    result = fit_table4(
+        survey.data,
+        scores=pca.scores,
+        n_boot=n_boot,
+        seed=seed,
+        codebook=survey.codebook,
+        published=published,
+    )
     result.pca = pca
     write_csv(result.coefficients, directory / "ols_table4.csv")
     write_csv(result.fit, directory / "ols_fit.csv")

@@ -11,7 +11,8 @@ used). Every spec shares a small common core, parsed here into :class:`ModelSpec
 ``name``, ``description``
     Name used in outputs and provenance.
 ``outcomes``
-    Integration dimensions (``pari_bayes.codebook.DIMENSIONS``) to model.
+    Dimensions to model (names from the survey codebook's dimensions); omitted: every
+    dimension of the survey the spec is fitted to.
 ``identification``
     Estimand (DE, IE, TE, OE) whose adjustment set the model conditions on.
 ``formula``
@@ -31,11 +32,11 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pari_bayes.codebook import DIMENSIONS
 from pari_bayes.errors import SpecError
 
 __all__ = [
@@ -145,7 +146,8 @@ class ModelSpec:
     kind, name, description
         What the spec fits.
     outcomes
-        Dimensions modelled.
+        Dimensions modelled; empty: every dimension of the survey's codebook
+        (:meth:`for_dimensions` resolves it when the spec meets a survey).
     identification
         Estimand whose adjustment set is used.
     formula
@@ -198,6 +200,37 @@ class ModelSpec:
         raw = json.loads(json.dumps(self.raw, default=str))
         raw.setdefault("sampler", {}).update(changes)
         return replace(self, sampler=replace(self.sampler, **changes), raw=raw)
+
+    def for_dimensions(self, dimensions: Sequence[str]) -> ModelSpec:
+        """Return the spec with its outcomes resolved against a survey's dimensions.
+
+        Parameters
+        ----------
+        dimensions
+            The survey codebook's dimensions (``survey.codebook.dimensions``).
+
+        Raises
+        ------
+        SpecError
+            If an outcome is not one of ``dimensions``, or a multivariate spec gets fewer
+            than two.
+        """
+        from dataclasses import replace
+
+        where = str(self.path or "<spec>")
+        outcomes = self.outcomes or tuple(dimensions)
+        unknown = [d for d in outcomes if d not in dimensions]
+        if unknown:
+            raise SpecError(
+                f"{where}: key outcomes: unknown dimension(s) {', '.join(map(repr, unknown))}; "
+                f"allowed (the survey codebook's dimensions): {', '.join(dimensions)}"
+            )
+        if self.kind == "multivariate" and len(outcomes) < 2:
+            raise SpecError(
+                f"{where}: key outcomes: a multivariate model needs 2+ dimensions, the survey "
+                f'has {len(outcomes)} ({", ".join(outcomes)}); use kind = "multilevel"'
+            )
+        return self if outcomes == self.outcomes else replace(self, outcomes=tuple(outcomes))
 
     def check_columns(self, columns: list[str] | tuple[str, ...]) -> None:
         """Raise SpecError if a term or the group is not a column of the data."""
@@ -354,23 +387,17 @@ def parse_spec(raw: dict[str, Any], where: str = "<spec>") -> ModelSpec:
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise SpecError(f"{where}: key name: {name!r}; allowed: a name of letters, digits, _")
-    outcomes = raw.get("outcomes", list(DIMENSIONS))
+    outcomes = raw.get("outcomes", [])
     if isinstance(outcomes, str):
         outcomes = [outcomes]
-    if not isinstance(outcomes, list) or not outcomes:
+    if not isinstance(outcomes, list) or not all(isinstance(d, str) and d for d in outcomes):
         raise SpecError(
-            f"{where}: key outcomes: expected a list of dimensions; allowed: "
-            f"{', '.join(DIMENSIONS)}"
+            f"{where}: key outcomes: {outcomes!r}; allowed: a list of the survey codebook's "
+            "dimension names (omit it to model every dimension)"
         )
-    for dim in outcomes:
-        if dim not in DIMENSIONS:
-            raise SpecError(
-                f"{where}: key outcomes: unknown dimension {dim!r}; allowed: "
-                f"{', '.join(DIMENSIONS)}"
-            )
     if len(set(outcomes)) != len(outcomes):
         raise SpecError(f"{where}: key outcomes: a dimension is listed twice: {outcomes}")
-    if kind == "multivariate" and len(outcomes) < 2:
+    if kind == "multivariate" and len(outcomes) == 1:
         raise SpecError(f"{where}: key outcomes: a multivariate model needs 2+ dimensions")
     ident = raw.get("identification", "TE")
     if ident not in ESTIMANDS:
@@ -469,8 +496,8 @@ def load_spec(path: str | os.PathLike) -> ModelSpec:
     Examples
     --------
     >>> spec = load_spec("models/table4.toml")  # doctest: +SKIP
-    >>> spec.kind, spec.outcomes[0]  # doctest: +SKIP
-    ('multilevel', 'economic_integration')
+    >>> spec.kind, spec.outcomes  # doctest: +SKIP
+    ('multilevel', ())
     """
     path = Path(path)
     try:

@@ -18,12 +18,13 @@ import networkx as nx
 import pandas as pd
 
 from pari_bayes._paths import DEFAULT_DAG
-from pari_bayes.codebook import DIMENSIONS, Codebook, load_codebook
+from pari_bayes.codebook import Codebook, load_codebook
 from pari_bayes.errors import DAGError
 
 __all__ = [
     "CausalDAG",
     "load_dag",
+    "dag_template",
     "DERIVED_COLUMNS",
     "TREATMENT_NODES",
 ]
@@ -335,7 +336,7 @@ def load_dag(
 
 def _check_measurement(graph: nx.DiGraph, codebook: Codebook, path: Path) -> None:
     """Each dimension present must be latent and measure exactly its codebook indicators."""
-    for dimension in DIMENSIONS:
+    for dimension in codebook.dimensions:
         if dimension not in graph:
             continue
         if not graph.nodes[dimension]["latent"]:
@@ -360,3 +361,93 @@ def _check_measurement(graph: nx.DiGraph, codebook: Codebook, path: Path) -> Non
                     f"its factor {dimension!r}; effects must reach indicators only through "
                     "the factor (measurement invariance) for the score to stand in for it."
                 )
+
+
+def _dot_attrs(attrs: dict[str, object]) -> str:
+    import json
+
+    parts = [f"{k}={json.dumps(str(v), ensure_ascii=False)}" for k, v in attrs.items()]
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
+def dag_template(codebook: Codebook, base: str | os.PathLike | None = None) -> str:
+    """Draft a causal graph for a survey's codebook from a base graph (``pari-bayes init``).
+
+    The base graph (the bundled ``models/dag.dot`` by default) keeps its design,
+    covariate, confounder and exposure nodes whose columns the codebook has (or that are
+    latent); its factor and indicator nodes are replaced by the codebook's dimensions
+    (latent factors) and their indicators. Every edge the base graph draws into *all* of
+    its factors (exposures, covariates, the unobserved confounder) is drawn into every new
+    dimension, with the base edge's justification marked as a template to review; edges
+    into only some base factors are dropped; each dimension measures exactly its codebook
+    indicators.
+
+    Returns
+    -------
+    str
+        DOT text that :func:`load_dag` reads with ``codebook``.
+    """
+    base_dag = load_dag(base)
+    graph = base_dag.graph
+    columns, _ = _available_columns(None, codebook)
+    factors = [n for n, d in graph.nodes(data=True) if d["role"] == "factor"]
+    items = {n for n, d in graph.nodes(data=True) if d["role"] == "indicator"}
+    keep = []
+    for name, data in graph.nodes(data=True):
+        if name in factors or name in items:
+            continue
+        if not data["latent"] and data["column"] not in columns:
+            continue  # a covariate this survey does not have
+        keep.append(name)
+    kept = set(keep)
+    lines = [
+        f"// Causal graph drafted by `pari-bayes init` from {base_dag.path.name} for the codebook",
+        f"// {codebook.path}. REVIEW every edge: the template copies the base graph's",
+        "// assumptions about the exposures and covariates onto every dimension; edges whose",
+        "// `why` starts with 'template' were not written for this survey.",
+        "",
+        "digraph pari_dag {",
+        "  rankdir = LR;",
+        "",
+    ]
+    for name in keep:
+        data = graph.nodes[name]
+        attrs: dict[str, object] = {}
+        if data["latent"]:
+            attrs["latent"] = "true"
+        elif data["column"] != name:
+            attrs["column"] = data["column"]
+        if not data["adjust"]:
+            attrs["adjust"] = "no"
+        if data["role"]:
+            attrs["role"] = data["role"]
+        if data["label"] != name:
+            attrs["label"] = data["label"]
+        lines.append(f"  {name}{_dot_attrs(attrs)};")
+    lines.append("")
+    for dim in codebook.dimensions:
+        lines.append(f"  {dim}{_dot_attrs({'latent': 'true', 'role': 'factor'})};")
+        for item in codebook.indicators[dim]:
+            lines.append(f"  {item}{_dot_attrs({'role': 'indicator'})};")
+    lines.append("")
+    for src, dst, data in graph.edges(data=True):
+        if src in kept and dst in kept:
+            lines.append(f"  {src} -> {dst}{_dot_attrs({'why': data['why']})};")
+    into_all = (
+        [
+            (src, graph.edges[src, factors[0]]["why"])
+            for src in graph.predecessors(factors[0])
+            if src in kept and all(graph.has_edge(src, f) for f in factors)
+        ]
+        if factors
+        else []
+    )
+    for dim in codebook.dimensions:
+        for src, why in into_all:
+            lines.append(f"  {src} -> {dim}{_dot_attrs({'why': f'template (base graph: {why})'})};")
+        for item in codebook.indicators[dim]:
+            lines.append(
+                f"  {dim} -> {item}{_dot_attrs({'why': 'measurement: codebook dimension'})};"
+            )
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -30,7 +30,6 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from pari_bayes.codebook import DIMENSIONS
 from pari_bayes.errors import IdentificationError, PariBayesWarning
 from pari_bayes.identification.dag import CausalDAG, load_dag
 from pari_bayes.identification.estimands import ESTIMANDS, estimand
@@ -108,7 +107,7 @@ def outcome_scores(survey) -> tuple[pd.DataFrame, str]:
         of the method used.
 
     """
-    data = survey.data
+    data, dims = survey.data, survey.codebook.dimensions
     try:
         from pari_bayes.measurement.pca import pca_scores
     except ImportError:
@@ -118,10 +117,10 @@ def outcome_scores(survey) -> tuple[pd.DataFrame, str]:
             warnings.simplefilter("always")
             result = pca_scores(data, survey.codebook)
         scores = result.scores
-        if all(d in scores.columns for d in DIMENSIONS):
-            return scores[list(DIMENSIONS)].reindex(data.index), "pca_first_component"
+        if all(d in scores.columns for d in dims):
+            return scores[list(dims)].reindex(data.index), "pca_first_component"
     out = {}
-    for dim in DIMENSIONS:
+    for dim in dims:
         items = survey.codebook.indicators.get(dim, ())
         z = data[list(items)].astype(float)
         z = (z - z.mean()) / z.std(ddof=0).replace(0, 1)
@@ -148,7 +147,7 @@ def analysis_frame(survey, dag: CausalDAG, scores: pd.DataFrame | None = None) -
         frame[node] = source[col]
     if scores is None:
         scores, _ = outcome_scores(survey)
-    for dim in DIMENSIONS:
+    for dim in survey.codebook.dimensions:
         if dim in dag.graph:
             frame[dim] = scores[dim].to_numpy(dtype=float)
     for extra in ("community", "exposure"):
@@ -759,15 +758,20 @@ def identify(
     --------
     >>> import pari_bayes as pb
     >>> from pari_bayes.identification import identify
-    >>> result = identify(pb.load_survey(), refute=False)  # doctest: +SKIP
-    >>> result.adjustment_set("IE", "behavior_adaptation")  # doctest: +SKIP
+    >>> survey = pb.load_survey()  # doctest: +SKIP
+    >>> result = identify(survey, refute=False)  # doctest: +SKIP
+    >>> result.adjustment_set("IE", survey.codebook.dimensions[0])  # doctest: +SKIP
 
     """
     if not isinstance(dag, CausalDAG):
         dag = load_dag(dag, survey=survey)
-    dims = tuple(d for d in (dimensions or DIMENSIONS) if d in dag.graph)
+    declared = survey.codebook.dimensions
+    dims = tuple(d for d in (dimensions or declared) if d in dag.graph)
     if not dims:
-        raise IdentificationError(f"{dag.path}: none of the dimensions {DIMENSIONS} is a node")
+        raise IdentificationError(
+            f"{dag.path}: none of the survey's dimensions ({', '.join(declared)}) is a node; "
+            "the graph must name the codebook's dimensions as latent nodes"
+        )
     scores, score_method = outcome_scores(survey)
     frame = analysis_frame(survey, dag, scores)
     no_u = dag.without(n for n in dag.latent if dag.role(n) == "unobserved_confounder")

@@ -84,7 +84,7 @@ class ItemSpec:
         item's linear predictor (ordinal latent response, binomial logit, log amount).
     divided_by
         ``hurdle_lognormal``: survey columns whose product divides a household total to give
-        the item (e.g. ``["human_capital", "household_size"]``, the employed members, for an
+        the item (e.g. ``["employed_share", "household_size"]``, the employed members, for an
         income per employed member). The item is modelled as the total, i.e. with the offset
         ``-log(product)`` on the log amount; the offset has coefficient 1, so this is the
         same likelihood up to a constant.

@@ -20,7 +20,7 @@ import pandas as pd
 from factor_analyzer.factor_analyzer import calculate_bartlett_sphericity, calculate_kmo
 
 from pari_bayes._paths import PUBLISHED_DIR
-from pari_bayes.codebook import DIMENSIONS, Codebook
+from pari_bayes.codebook import Codebook
 from pari_bayes.errors import EstimationError, PariBayesWarning, SurveyDataError
 
 __all__ = [
@@ -130,7 +130,7 @@ class PCAResult:
     Attributes
     ----------
     scores
-        One column per dimension (in :data:`pari_bayes.codebook.DIMENSIONS` order), indexed
+        One column per dimension (in the codebook's ``dimensions`` order), indexed
         like the input data; mean 0, sd 1, higher = more integrated.
     diagnostics
         Tidy frame with columns dimension, item, statistic, value, published, diff.
@@ -405,13 +405,13 @@ def pca_scores(data: pd.DataFrame, codebook: Codebook) -> PCAResult:
 
     """
     indicators = codebook.indicators
-    absent = [d for d in DIMENSIONS if d not in indicators]
+    absent = [d for d in codebook.dimensions if d not in indicators]
     if absent:
         raise SurveyDataError(
             f"{codebook.path}: no indicator is assigned to dimension(s) {', '.join(absent)}; "
             'give indicators role = "indicator" and dimension = <name>.'
         )
-    dims = list(DIMENSIONS) + [d for d in indicators if d not in DIMENSIONS]
+    dims = list(codebook.dimensions)
     fits = {dim: fit_dimension_pca(data, dim, indicators[dim]) for dim in dims}
     notes = []
     for dim, fit in fits.items():

@@ -216,12 +216,36 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_init_then_run_on_a_survey_of_other_dimensions(tmp_path: Path) -> None:
-    """init -> edit nothing -> run -> report; no paper name in any output."""
-    csv = tmp_path / "my_survey.csv"
-    _own_survey().to_csv(csv, index=False)
-    project, results = tmp_path / "project", tmp_path / "results"
-    init = _cli("init", str(csv), "--out", str(project), "--surveyed", "2024-05", cwd=tmp_path)
+def _readme_own_survey_commands() -> list[list[str]]:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Your own survey", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, flags=re.S).group(1)
+    return [line.split() for line in block.strip().splitlines()]
+
+
+def test_readme_own_survey_commands_run_end_to_end(tmp_path: Path) -> None:
+    """The README's commands, as written: init -> edit nothing -> validate -> run -> report.
+
+    On the bundled example of other content (3 dimensions, 2 continuous and 5 ordinal
+    items, 8 communities, the DAG init drafts); ``run`` gets ``--quick`` here (tiny draws:
+    wiring, so its exit status is 3, the gate's). No paper name may reach any output.
+    """
+    commands = _readme_own_survey_commands()
+    assert [c[1] for c in commands] == ["init", "validate", "run"]
+    frame = pd.read_csv(PROJECT_ROOT / "tests" / "data" / "own_survey.csv")
+    assert infer_codebook(frame).dimensions.keys() == {"trust", "voice", "wellbeing"}
+    project, results = tmp_path / "own", tmp_path / "own-run"
+    procs = {}
+    for command in commands:
+        assert command[0] == ".venv/bin/pari-bayes"
+        args = [
+            a.replace("/tmp/own-run", str(results)).replace("/tmp/own", str(project))
+            for a in command[1:]
+        ]
+        if args[0] == "run":
+            args.append("--quick")
+        procs[args[0]] = _cli(*args, cwd=PROJECT_ROOT)
+    init, validate, run = procs["init"], procs["validate"], procs["run"]
     assert init.returncode == 0, init.stdout + init.stderr
     assert "dimension trust: trust_neighbors, trust_officials, trust_score" in init.stdout
     assert "REVIEW.md" in init.stdout and (project / "REVIEW.md").exists()
@@ -231,7 +255,8 @@ def test_init_then_run_on_a_survey_of_other_dimensions(tmp_path: Path) -> None:
         "multivariate.toml",
         "table4.toml",
     ]
-    run = _cli("run", "--project", str(project), "--out", str(results), "--quick", cwd=tmp_path)
+    assert validate.returncode == 0, validate.stderr
+    assert "8 communities" in validate.stdout
     # quick draws cannot pass the gate, and the exit status says so (3); everything is written
     assert run.returncode == 3, run.stdout[-2000:] + run.stderr[-3000:]
     effects = pd.read_csv(results / "effects_all.csv")

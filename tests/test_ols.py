@@ -364,8 +364,8 @@ def test_write_ols_files_are_reproducible(survey, tmp_path):
     second.mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        write_ols(survey, first, seed=3, n_boot=99)
-        write_ols(survey, second, seed=3, n_boot=99)
+        write_ols(survey, first, seed=3, n_boot=99, published=True)
+        write_ols(survey, second, seed=3, n_boot=99, published=True)
     for name in ("ols_table4.csv", "ols_fit.csv", "pca.csv", "table4.md"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
     text = (first / "table4.md").read_text()
@@ -427,10 +427,21 @@ def test_cli_on_a_six_community_survey(tmp_path, capsys):
     assert code == 0
     fit = pd.read_csv(out / "ols_fit.csv")
     assert (fit.n_clusters == 6).all() and (fit.n_treated_clusters == 3).all()
-    assert "coefficients within 1 published SE" in capsys.readouterr().out
+    # not the paper's sample: no comparison with the published Table 4 unless asked
+    printed = capsys.readouterr().out
+    assert "published" not in printed
+    table = pd.read_csv(out / "ols_table4.csv")
+    assert table["published_coef"].isna().all()
+    text = (out / "table4.md").read_text()
+    assert text.startswith("# PCA + OLS baseline") and "paper" not in text.split("## ")[1]
     assert (
         main(["ols", "--data", str(data), "--communities", str(registry), "--out", str(out)]) == 2
     )
+    args = ["ols", "--data", str(data), "--communities", str(registry), "--n-boot", "0"]
+    assert main([*args, "--out", str(tmp_path / "asked"), "--compare-published"]) == 0
+    assert "coefficients within 1 published SE" in capsys.readouterr().out
+    asked = pd.read_csv(tmp_path / "asked" / "ols_table4.csv")
+    assert asked["published_coef"].notna().any()
 
 
 # ------------------------------------------------------------------ reproduction (issue 3)

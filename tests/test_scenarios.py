@@ -345,6 +345,7 @@ def test_scaling_benchmark_grows_communities_with_the_survey_and_fits_slopes() -
     assert "c" not in slope  # one size: no slope
 
 
+@pytest.mark.slow
 def test_scaling_benchmark_runs_end_to_end_on_tiny_draws(tmp_path: Path) -> None:
     bench = _script_module("bench_scaling")
     out = tmp_path / "scaling.csv"

@@ -290,6 +290,8 @@ def test_killed_run_leaves_nothing(tmp_path: Path, sig) -> None:
     proc.wait(timeout=120)
     assert proc.returncode != 0
     assert list(tmp_path.iterdir()) == []  # neither --out nor a staging folder
+    if sig != signal.SIGINT:
+        return  # the refit below does not depend on the signal: once is enough
     again = _run_cli(["fit", "--model", model, "--out", str(out), "--quick"])
     assert again.returncode == 3, again.stderr[-2000:]  # kept, but marked unconverged
     assert (out / "effects.csv").exists()

@@ -537,6 +537,7 @@ def test_binomial_logit_logp_matches_scipy_and_skips_missing():
     assert got[1, 1] == 0.0
 
 
+@pytest.mark.slow  # CI budget: two latent fits with LOO (about 1 min on 2 cores)
 def test_invariance_comparison_writes_loo_with_fit_diagnostics(tmp_path):
     """compare_invariance refits the variant and ranks both by LOO, with their diagnostics."""
     spec = L.parse_latent_spec(

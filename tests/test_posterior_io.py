@@ -197,6 +197,7 @@ def test_quick_latent_fit_reloads_without_per_draw_eta(survey, tmp_path):
     )
 
 
+@pytest.mark.slow  # CI budget: the latent reload test and the main job's quick run cover the path
 def test_quick_multivariate_fit_reloads(survey, tmp_path):
     _quick_fit(survey, "multivariate", tmp_path)
     path = tmp_path / "posterior.nc"

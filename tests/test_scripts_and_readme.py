@@ -40,9 +40,9 @@ def test_every_step_script_is_listed_and_documented():
 
 
 #: Scripts whose run is slow and whose code paths the main job's quick run already covers
-#: (compare_all fits every method, as `run --quick` does): slow-marked to keep `make test`
-#: inside CI's 15 minutes.
-SLOW_SCRIPTS = {"compare_all.py"}
+#: (compare_all fits every method and fit_latent the latent spec, as `run --quick` does):
+#: slow-marked to keep `make test` near CI's 15 minutes.
+SLOW_SCRIPTS = {"compare_all.py", "fit_latent.py"}
 
 
 @pytest.mark.parametrize(

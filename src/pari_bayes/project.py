@@ -60,9 +60,10 @@ class ProjectDraft:
     loads: bool
 
 
-def _read(path: Path) -> pd.DataFrame:
+def read_csv(path: Path) -> pd.DataFrame:
+    """Read a CSV, or raise :class:`SurveyDataError` naming the file and the problem."""
     if not path.is_file():
-        raise SurveyDataError(f"{path}: survey file not found.")
+        raise SurveyDataError(f"{path}: data file not found.")
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -106,7 +107,7 @@ def init_project(
     from pari_bayes.survey import load_survey
 
     source = Path(survey)
-    frame = _read(source)
+    frame = read_csv(source)
     surveyed = surveyed or date.today().strftime("%Y-%m")
     book = infer_codebook(frame, dimensions=dimensions)
     registry, registry_review = registry_from_survey(frame, surveyed)

@@ -119,13 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read(path: str) -> pd.DataFrame:
-    file = Path(path)
-    if not file.is_file():
-        raise SurveyDataError(f"{file}: data file not found.")
-    try:
-        return pd.read_csv(file)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise SurveyDataError(f"{file}: not a readable CSV: {exc}") from exc
+    from pari_bayes.project import read_csv
+
+    return read_csv(Path(path))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -255,6 +255,15 @@ def test_readme_own_survey_commands_run_end_to_end(tmp_path: Path) -> None:
         "multivariate.toml",
         "table4.toml",
     ]
+    # the item-level specs are drafted beside them, not fitted by run until moved
+    from pari_bayes.estimation.latent import load_latent_spec
+
+    for kind in ("measurement", "latent"):
+        drafted = load_latent_spec(project / "models" / "drafts" / f"{kind}.toml")
+        assert drafted.kind == kind and drafted.factors == ("trust", "voice", "wellbeing")
+        types = {it.name: it.kind for it in drafted.items}
+        assert types["trust_score"] == "normal" and len(types) == 7
+        assert sorted(types.values()).count("ordinal") == 5
     assert validate.returncode == 0, validate.stderr
     assert "8 communities" in validate.stdout
     # quick draws cannot pass the gate, and the exit status says so (3); everything is written

@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -30,11 +31,76 @@ from pari_bayes.errors import PariBayesError, SurveyDataError
 from pari_bayes.io import atomic_write_text, output_dir
 from pari_bayes.registry import registry_from_survey, registry_toml
 
-__all__ = ["ProjectDraft", "init_project", "DEFAULT_SPECS"]
+__all__ = ["ProjectDraft", "init_project", "DEFAULT_SPECS", "item_specs_toml"]
 
-#: Specs a drafted project fits (copied from the package's ``models/``). The latent spec is
-#: left out: its item sections name the bundled survey's items.
+#: Specs a drafted project fits (copied from the package's ``models/``). The latent and
+#: measurement specs are drafted from the codebook's items into ``models/drafts/`` instead
+#: (:func:`item_specs_toml`): ``run`` fits them once the user has checked them.
 DEFAULT_SPECS = ("table4.toml", "multivariate.toml")
+
+#: Item type of the latent models for each codebook indicator type.
+_ITEM_TYPE = {
+    "binary": "ordinal",
+    "ordinal": "ordinal",
+    "count": "negative_binomial",
+    "integer": "normal",
+    "real": "normal",
+}
+
+
+def item_specs_toml(codebook: Any, kind: str) -> str:
+    """Draft a ``kind = "measurement"`` or ``kind = "latent"`` spec from a codebook's items.
+
+    Every indicator becomes an item of its dimension: binary and ordinal columns ordinal
+    items (levels from the codebook), counts negative-binomial items (Poisson when they are
+    not overdispersed: a review line says so), integer and real columns normal items.
+    """
+    what = "Measurement model alone (CFA)" if kind == "measurement" else "Latent factors"
+    lines = [
+        f"# Drafted by `pari-bayes init` from {Path(codebook.path).name}: check every item's",
+        "# type and factor (REVIEW.md) before fitting. Priors and sampler: the package's",
+        "# defaults (docs/latent.md).",
+        f'kind = "{kind}"',
+        f'name = "{kind}"',
+        f'description = "{what}: drafted from the codebook"',
+        "",
+        "[factors]",
+        "names = [" + ", ".join(f'"{d}"' for d in codebook.dimensions) + "]",
+    ]
+    for dim in codebook.dimensions:
+        for name in codebook.indicators[dim]:
+            col = codebook[name]
+            lines += ["", "[[items]]", f'name = "{name}"']
+            lines.append(f'type = "{_ITEM_TYPE.get(col.type, "normal")}"')
+            lines.append(f'factor = "{dim}"')
+            if col.type == "binary":
+                lines.append("levels = [0, 1]")
+            elif col.type == "ordinal" and col.values is not None:
+                lines.append("levels = [" + ", ".join(str(v) for v in col.values) + "]")
+    if kind == "latent":
+        lines += [
+            "",
+            "[structural]",
+            'treatment = "cbo_participation"',
+            'presence = "cbo_presence"',
+            'group = "community"',
+            'covariates = "identification"   # the adjustment set of the project DAG',
+        ]
+    lines += [
+        "",
+        "[measurement]",
+        'invariance = "full"',
+        "",
+        "[sampler]",
+        'sampler = "nutpie"',
+        "draws = 1000",
+        "tune = 1000",
+        "chains = 4",
+        "cores = 2",
+        "target_accept = 0.95",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -137,9 +203,29 @@ def init_project(
                 review.append("models/: one dimension only, so no multivariate spec")
                 continue
             shutil.copyfile(MODELS_DIR / name, staging / "models" / name)
+        review.append("models/: table4 and multivariate specs copied from the package")
+        (staging / "models" / "drafts").mkdir()
+        for kind in ("measurement", "latent"):
+            atomic_write_text(
+                staging / "models" / "drafts" / f"{kind}.toml", item_specs_toml(codebook, kind)
+            )
+        counts = [
+            n
+            for d in codebook.dimensions
+            for n in codebook.indicators[d]
+            if codebook[n].type == "count"
+        ]
         review.append(
-            "models/: table4 and multivariate specs copied from the package; the latent "
-            "spec is not (its item sections name the bundled survey's items)"
+            "models/drafts/: a measurement-only spec (a CFA of the items) and a latent spec "
+            "(the items with the causal part), drafted from the codebook. Fit the CFA first "
+            "(pari-bayes fit --model DIR/models/drafts/measurement.toml --project DIR) and "
+            "check its loadings; then move latent.toml into models/ for run to fit it"
+            + (
+                f"; count items ({', '.join(counts)}) are drafted negative binomial: use "
+                '"poisson" if their variance is close to their mean'
+                if counts
+                else ""
+            )
         )
         loads = True
         try:

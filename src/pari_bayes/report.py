@@ -263,7 +263,12 @@ def build_report(run_dir: str | os.PathLike, target: str | os.PathLike | None = 
             "Measurement: PCA diagnostics and latent loadings",
             csv_table(run_dir, "ols/pca.csv")
             + "<h3>Latent model loadings</h3>"
-            + csv_table(run_dir, "fit/latent/loadings.csv"),
+            + image(run_dir, "fit/latent/loadings.png", "latent model loadings")
+            + csv_table(
+                run_dir,
+                "fit/latent/loadings.csv",
+                columns=["parameter", "lhs", "op", "rhs", "mean", "sd", "q05", "q95", "r_hat"],
+            ),
         ),
         "identification": (
             "Causal graph, identification and refutations",

@@ -100,5 +100,13 @@ def run(args: argparse.Namespace) -> int:
                 f"  {r['dimension']:<24} {r['estimand']}: {r['mean']:+.3f} "
                 f"[{r['q05']:+.3f}, {r['q95']:+.3f}]"
             )
+    table = getattr(result, "measurement", None)  # a measurement-only (CFA) spec
+    if table is not None and converged:
+        std = table[table["parameter"] == "standardized_loading"]
+        for _, r in std.iterrows():
+            print(
+                f"  {r['lhs']:<24} =~ {r['rhs']:<32} standardized loading {r['mean']:.2f} "
+                f"[{r['q05']:.2f}, {r['q95']:.2f}]"
+            )
     # A run that misses the gate says so in its exit status, even when its outputs are kept.
     return 0 if converged else 3

@@ -159,6 +159,11 @@ EFFECT_FILES = (
     "forest.png",
     "factor_scores.csv",
     "loo.csv",
+    "measurement.csv",
+    "loadings.csv",
+    "loadings.png",
+    "conditional_effects.csv",
+    "conditional_effects.png",
 )
 
 

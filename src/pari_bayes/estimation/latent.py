@@ -63,6 +63,7 @@ from pari_bayes.measurement.items import (
     ItemData,
     ItemSpec,
     binomial_logit_logp,
+    count_logp,
     masked_normal_logp,
     ordinal_logp,
     prepare_items,
@@ -136,7 +137,25 @@ _DEFAULT_PRIORS: dict[str, Any] = {
     # Direct covariate effects on items, per sd of the (standardized) covariate, on the item's
     # linear-predictor scale: a shift beyond +-2 log-odds per sd is implausible.
     "direct_sd": 1.0,
+    # Continuous (normal) items, standardized: the same total-sd / variance-share
+    # parameterization as the hurdle amounts, for the same reason (no Heywood case at R^2 = 1).
+    "continuous_sigma": 1.0,
+    "continuous_r2_alpha": 2.0,
+    "continuous_r2_beta": 2.0,
+    # Negative-binomial counts: 1 / sqrt(alpha) ~ HalfNormal(dispersion_sd), the
+    # coefficient of variation of the gamma mixing (Stan's prior-choice recommendation):
+    # 0 is the Poisson, 1 a variance of mu + mu^2.
+    "dispersion_sd": 1.0,
+    # Count loadings on the log scale: exp(loading) is the factor by which one factor sd
+    # multiplies the expected count. LogNormal(log 0.5, 0.5), 90% in 0.22-1.14, i.e. x1.25 to
+    # x3.1 per sd; the logit loadings' LogNormal(0, 0.5) would allow x10 per sd and made
+    # prior predictive counts in the thousands (tests/test_cfa.py).
+    "count_loading_mu": -0.69,
+    "count_loading_sigma": 0.5,
 }
+
+#: Scalings in which a measurement-only (CFA) fit reports its parameters.
+IDENTIFICATIONS = ("unit_variance", "marker")
 
 _DEFAULT_SAMPLER: dict[str, Any] = {
     "name": "nutpie",
@@ -175,6 +194,13 @@ class LatentSpec:
     )
     source: str = "<dict>"
     raw: dict[str, Any] = field(default_factory=dict)
+    structural_part: bool = True  # False: a measurement-only (CFA) spec, kind = "measurement"
+    identification: str = "unit_variance"  # measurement-only: the scaling reported
+
+    @property
+    def kind(self) -> str:
+        """``"latent"`` (measurement + structural) or ``"measurement"`` (CFA only)."""
+        return "latent" if self.structural_part else "measurement"
 
 
 def _where(source: str) -> str:
@@ -211,8 +237,16 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
     """
     w = _where(source)
     kind = raw.get("kind", "latent")
-    if kind != "latent":
-        raise SpecError(f'{w}kind = {kind!r}; this parser reads kind = "latent" specs only.')
+    if kind not in ("latent", "measurement"):
+        raise SpecError(
+            f'{w}kind = {kind!r}; this parser reads kind = "latent" and kind = "measurement" '
+            "specs only."
+        )
+    if kind == "measurement" and "structural" in raw:
+        raise SpecError(
+            f'{w}[structural] is not used by kind = "measurement" (the measurement model '
+            'alone); remove it, or use kind = "latent" for the causal part.'
+        )
     factors_raw = raw.get("factors")
     if isinstance(factors_raw, Mapping):
         factors_raw = factors_raw.get("names")
@@ -239,6 +273,7 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
         "zero_model",
         "direct",
         "divided_by",
+        "log",
     }
     for k, entry in enumerate(items_raw):
         where = f"{w}[[items]] #{k + 1}"
@@ -275,6 +310,7 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
                 divided_by=_column_list(
                     entry.get("divided_by", []), "divided_by", f"{where} ({entry['name']})"
                 ),
+                log=bool(entry.get("log", False)),
             )
         )
     names = [it.name for it in items]
@@ -305,11 +341,24 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
     else:
         covariates = tuple(covariates)
     measurement = dict(raw.get("measurement", {}))
+    identification = measurement.get("identification", "unit_variance")
+    if identification not in IDENTIFICATIONS:
+        raise SpecError(
+            f"{w}[measurement] identification = {identification!r}; allowed: "
+            + ", ".join(IDENTIFICATIONS)
+        )
+    if kind == "measurement" and "group" in measurement:
+        structural = {"group": measurement["group"]}
     invariance = measurement.get("invariance", raw.get("invariance", "full"))
     compare = tuple(measurement.get("compare_invariance", ()))
     for value in (invariance, *compare):
         if value not in INVARIANCE_OPTIONS:
             raise SpecError(f"{w}invariance = {value!r}; allowed: {', '.join(INVARIANCE_OPTIONS)}")
+    if kind == "measurement" and (invariance != "full" or compare) and "group" not in structural:
+        raise SpecError(
+            f"{w}[measurement] invariance = {invariance!r} varies items by group, but no group "
+            'is named; add group = "<column>" to [measurement] or use invariance = "full".'
+        )
     priors = dict(_DEFAULT_PRIORS)
     # [latent_priors]: plain numbers (the multilevel [priors] tables do not apply here)
     for key, value in dict(raw.get("latent_priors", {})).items():
@@ -326,7 +375,17 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise SpecError(f"{w}[latent_priors] {key} must be a number, got {value!r}")
         priors[key] = float(value)
-    for key in ("effect_sd", "beta_sd", "community_sd", "lkj_eta", "loading_sigma", "cutpoint_sd"):
+    for key in (
+        "effect_sd",
+        "beta_sd",
+        "community_sd",
+        "lkj_eta",
+        "loading_sigma",
+        "cutpoint_sd",
+        "continuous_sigma",
+        "dispersion_sd",
+        "count_loading_sigma",
+    ):
         if priors[key] <= 0:
             raise SpecError(f"{w}[latent_priors] {key} must be positive, got {priors[key]}")
     sampler = dict(_DEFAULT_SAMPLER)
@@ -352,7 +411,7 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
         items=tuple(items),
         treatment=structural.get("treatment", "cbo_participation"),
         presence=structural.get("presence", "cbo_presence"),
-        group=structural.get("group", "community"),
+        group=structural.get("group", "community" if kind == "latent" else ""),
         covariates=covariates,
         invariance=invariance,
         compare_invariance=compare,
@@ -362,6 +421,8 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
         gate=gate,
         source=source,
         raw=dict(raw),
+        structural_part=kind == "latent",
+        identification=identification,
     )
 
 
@@ -460,7 +521,9 @@ def latent_design(
     adjustment
         Covariates per factor; by default from the spec or the identification layer.
     """
-    frame = survey.data
+    frame = survey.data if hasattr(survey, "data") else survey
+    if not spec.structural_part:
+        return _measurement_design(frame, spec)
     source = "given"
     if adjustment is None:
         adjustment, source = _adjustment_sets(survey, spec, identification)
@@ -495,28 +558,8 @@ def latent_design(
     community_index = index.get_indexer(frame[spec.group])
     presence = frame.groupby(spec.group)[spec.presence].max().reindex(order).to_numpy(dtype=float)
     items = prepare_items(frame, spec.items, spec.factors)
-    households = (
-        frame["household_id"].astype(str).to_numpy()
-        if "household_id" in frame.columns
-        else np.array([f"h{i}" for i in range(len(frame))])
-    )
-    direct_columns = tuple(dict.fromkeys(c for it in spec.items for c in it.direct))
-    unknown = [c for c in direct_columns if c not in frame.columns]
-    if unknown:
-        raise SpecError(
-            f"{_where(spec.source)}[[items]] direct: column(s) {', '.join(unknown)} not in the "
-            f"survey; allowed: {', '.join(map(str, frame.columns))}"
-        )
-    direct_x = None
-    if direct_columns:
-        raw_x = frame[list(direct_columns)].to_numpy(dtype=float)
-        scale = raw_x.std(axis=0)
-        scale[scale == 0] = 1.0
-        direct_x = (raw_x - raw_x.mean(axis=0)) / scale
-    item_order = [it.name for it in items.items]
-    direct_pairs = tuple(
-        (direct_columns.index(c), item_order.index(it.name)) for it in spec.items for c in it.direct
-    )
+    households = _household_labels(frame)
+    direct_x, direct_columns, direct_pairs = _direct_design(frame, spec, items)
     return LatentDesign(
         households=households,
         communities=tuple(order),
@@ -534,6 +577,68 @@ def latent_design(
         direct_x=direct_x,
         direct_pairs=direct_pairs,
     )
+
+
+def _household_labels(frame: pd.DataFrame) -> np.ndarray:
+    if "household_id" in frame.columns:
+        return frame["household_id"].astype(str).to_numpy()
+    return np.array([f"h{i}" for i in range(len(frame))])
+
+
+def _measurement_design(frame: pd.DataFrame, spec: LatentSpec) -> LatentDesign:
+    """Return the design of a measurement-only fit: items (and a group, for invariance)."""
+    n = len(frame)
+    if spec.group:
+        if spec.group not in frame.columns:
+            raise SpecError(
+                f"{_where(spec.source)}[measurement] group = {spec.group!r} is not a column; "
+                f"allowed: {', '.join(map(str, frame.columns))}"
+            )
+        order = sorted(pd.unique(frame[spec.group].astype(str)))
+        community_index = pd.Index(order).get_indexer(frame[spec.group].astype(str))
+    else:
+        order, community_index = ["all"], np.zeros(n, dtype=int)
+    items = prepare_items(frame, spec.items, spec.factors)
+    direct_x, direct_columns, direct_pairs = _direct_design(frame, spec, items)
+    return LatentDesign(
+        households=_household_labels(frame),
+        communities=tuple(order),
+        community_index=community_index,
+        presence=np.zeros(len(order)),
+        participation=np.zeros(n),
+        covariates=(),
+        x=np.zeros((n, 0)),
+        x_mean=np.zeros(0),
+        x_scale=np.ones(0),
+        covariate_mask=np.zeros((0, len(spec.factors)), dtype=bool),
+        items=items,
+        adjustment_source="none (measurement model)",
+        direct_columns=direct_columns,
+        direct_x=direct_x,
+        direct_pairs=direct_pairs,
+    )
+
+
+def _direct_design(frame: pd.DataFrame, spec: LatentSpec, items: ItemData):
+    """Standardized direct-effect columns, their names and (column, item) pairs."""
+    direct_columns = tuple(dict.fromkeys(c for it in spec.items for c in it.direct))
+    unknown = [c for c in direct_columns if c not in frame.columns]
+    if unknown:
+        raise SpecError(
+            f"{_where(spec.source)}[[items]] direct: column(s) {', '.join(unknown)} not in the "
+            f"survey; allowed: {', '.join(map(str, frame.columns))}"
+        )
+    direct_x = None
+    if direct_columns:
+        raw_x = frame[list(direct_columns)].to_numpy(dtype=float)
+        scale = raw_x.std(axis=0)
+        scale[scale == 0] = 1.0
+        direct_x = (raw_x - raw_x.mean(axis=0)) / scale
+    item_order = [it.name for it in items.items]
+    direct_pairs = tuple(
+        (direct_columns.index(c), item_order.index(it.name)) for it in spec.items for c in it.direct
+    )
+    return direct_x, direct_columns, direct_pairs
 
 
 # --------------------------------------------------------------------------------------
@@ -674,13 +779,8 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
     pymc.Model
     """
     import pymc as pm
-    import pytensor.tensor as pt
-    from pymc.distributions.transforms import ordered
 
     invariance = invariance or spec.invariance
-    pri = spec.priors
-    data = design.items
-    items = data.items
     n_comm = len(design.communities)
     n_fac = len(spec.factors)
     coords = {
@@ -688,11 +788,9 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
         "community": list(design.communities),
         "dimension": list(spec.factors),
         "dimension_bis": list(spec.factors),
-        "indicator": [it.name for it in items],
+        "indicator": [it.name for it in design.items.items],
         "covariate": list(design.covariates),
     }
-    item_pos = {it.name: j for j, it in enumerate(items)}
-    free = _anchor_mask(items)
     with pm.Model(coords=coords) as model:
         x = pm.Data("covariates", design.x, dims=("household", "covariate"))
         part = pm.Data("participation", design.participation, dims="household")
@@ -704,7 +802,53 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
             dims=("household", "community"),
         )
 
-        # ---- structural part
+        if not spec.structural_part:
+            chol = _disturbance_cholesky(model, spec, n_fac)
+            # measurement only (a CFA): eta ~ Normal(0, R), unit variances (the scale), zero
+            # means (the location; item intercepts and cutpoints absorb the level)
+            if n_fac > 1:
+                eta = pm.MvNormal(
+                    "eta", mu=np.zeros(n_fac), chol=chol, dims=("household", "dimension")
+                )
+            else:
+                eta = pm.Normal("eta", 0.0, 1.0, dims=("household", "dimension"))
+        else:
+            eta = _structural_part(model, design, spec, x, part, presence, comm_onehot)
+        _measurement_part(model, design, spec, eta, comm_onehot, invariance)
+    return model
+
+
+def _disturbance_cholesky(model, spec: LatentSpec, n_fac: int):
+    """Cholesky factor of the factors' (disturbance) correlation matrix, LKJ via the C-vine."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    if n_fac == 1:
+        return pt.eye(1)
+    # LKJ(eta) through the C-vine partial correlations (independent Betas): the Cholesky
+    # factor is built directly, always positive definite, with no matrix check or
+    # decomposition per gradient (pm.LKJCorr's logp runs a Python-mode positive-definiteness
+    # check and an interval transform that can leave the positive-definite set).
+    model.add_coord("dimension_pair", _pair_labels(spec.factors))
+    cpc_raw = pm.Beta(
+        "disturbance_cpc_raw",
+        alpha=cpc_beta_parameters(n_fac, spec.priors["lkj_eta"]),
+        beta=cpc_beta_parameters(n_fac, spec.priors["lkj_eta"]),
+        dims="dimension_pair",
+    )
+    chol = corr_cholesky_from_cpc(2.0 * cpc_raw - 1.0, n_fac, xp=pt)
+    pm.Deterministic("disturbance_corr", pt.dot(chol, chol.T), dims=("dimension", "dimension_bis"))
+    return chol
+
+
+def _structural_part(model, design: LatentDesign, spec: LatentSpec, x, part, presence, comm_onehot):
+    """Add the structural equation of the factors; return the sampled factor values."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    pri = spec.priors
+    n_fac = len(spec.factors)
+    with model:
         direct = pm.Normal("direct_effect", 0.0, pri["effect_sd"], dims="dimension")
         spill = pm.Normal("spillover_effect", 0.0, pri["effect_sd"], dims="dimension")
         rows, cols = np.nonzero(design.covariate_mask)
@@ -717,25 +861,7 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
             structural = pt.zeros((design.n, n_fac))
         comm_sd = pm.HalfNormal("community_sd", pri["community_sd"], dims="dimension")
         presence_term = (presence - presence.mean())[:, None] * spill[None, :]
-        if n_fac > 1:
-            # LKJ(eta) through the C-vine partial correlations (independent Betas): the
-            # Cholesky factor is built directly, always positive definite, with no matrix
-            # check or decomposition per gradient (pm.LKJCorr's logp runs a Python-mode
-            # positive-definiteness check and an interval transform that can leave the
-            # positive-definite set).
-            model.add_coord("dimension_pair", _pair_labels(spec.factors))
-            cpc_raw = pm.Beta(
-                "disturbance_cpc_raw",
-                alpha=cpc_beta_parameters(n_fac, pri["lkj_eta"]),
-                beta=cpc_beta_parameters(n_fac, pri["lkj_eta"]),
-                dims="dimension_pair",
-            )
-            chol = corr_cholesky_from_cpc(2.0 * cpc_raw - 1.0, n_fac, xp=pt)
-            pm.Deterministic(
-                "disturbance_corr", pt.dot(chol, chol.T), dims=("dimension", "dimension_bis")
-            )
-        else:
-            chol = pt.eye(1)
+        chol = _disturbance_cholesky(model, spec, n_fac)
         # The household factor values are sampled directly (centred); the scale of their
         # disturbance is fixed at 1, so there is no household-level funnel. The community
         # deviations (ZeroSumNormal(community_sd): location, see the module docstring) are
@@ -758,15 +884,44 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
                 zero_sum=True,
             ),
         )
+    return eta
 
-        # ---- measurement part: one positive loading per item
+
+def _measurement_part(model, design: LatentDesign, spec: LatentSpec, eta, comm_onehot, invariance):
+    """Add every item's likelihood given the factor values ``eta``."""
+    import pymc as pm
+    import pytensor.tensor as pt
+    from pymc.distributions.transforms import ordered
+
+    pri = spec.priors
+    data = design.items
+    items = data.items
+    n_comm = len(design.communities)
+    item_pos = {it.name: j for j, it in enumerate(items)}
+    free = _anchor_mask(items)
+    with model:
+        # ---- one positive loading per item
         hurdle_pos = (
             np.array([item_pos[it.name] for it in data.hurdle.items], dtype=int)
             if data.hurdle is not None
             else np.zeros(0, dtype=int)
         )
-        other_pos = np.setdiff1d(np.arange(len(items)), hurdle_pos)
+        cont_pos = (
+            np.array([item_pos[it.name] for it in data.continuous.items], dtype=int)
+            if data.continuous is not None
+            else np.zeros(0, dtype=int)
+        )
+        count_pos = (
+            np.array([item_pos[it.name] for it in data.count.items], dtype=int)
+            if data.count is not None
+            else np.zeros(0, dtype=int)
+        )
+        other_pos = np.setdiff1d(
+            np.arange(len(items)), np.concatenate([hurdle_pos, cont_pos, count_pos])
+        )
         loading = pt.zeros(len(items))
+        if count_pos.size:
+            model.add_coord("count_indicator", [it.name for it in data.count.items])
         if other_pos.size:
             model.add_coord("indicator_logit", [items[j].name for j in other_pos])
             logit_loading = pm.LogNormal(
@@ -776,6 +931,14 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
                 dims="indicator_logit",
             )
             loading = loading[other_pos].set(logit_loading)
+        if count_pos.size:
+            count_loading = pm.LogNormal(
+                "count_loading",
+                mu=pri["count_loading_mu"],
+                sigma=pri["count_loading_sigma"],
+                dims="count_indicator",
+            )
+            loading = loading[count_pos].set(count_loading)
         h_sigma = None
         if hurdle_pos.size:
             model.add_coord("hurdle_indicator", [it.name for it in data.hurdle.items])
@@ -791,6 +954,25 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
             loading = loading[hurdle_pos].set(h_total * pt.sqrt(h_r2))
             h_sigma = pm.Deterministic(
                 "log_amount_sd", h_total * pt.sqrt(1.0 - h_r2), dims="hurdle_indicator"
+            )
+        c_sigma = None
+        if cont_pos.size:
+            # as the hurdle amounts: total sd of the standardized item and the share of its
+            # variance the factor explains, so loading and residual sd cannot trade off into
+            # a Heywood case (residual sd -> 0)
+            model.add_coord("continuous_indicator", [it.name for it in data.continuous.items])
+            c_total = pm.HalfNormal(
+                "continuous_total_sd", pri["continuous_sigma"], dims="continuous_indicator"
+            )
+            c_r2 = pm.Beta(
+                "continuous_r2",
+                alpha=pri["continuous_r2_alpha"],
+                beta=pri["continuous_r2_beta"],
+                dims="continuous_indicator",
+            )
+            loading = loading[cont_pos].set(c_total * pt.sqrt(c_r2))
+            c_sigma = pm.Deterministic(
+                "continuous_sd", c_total * pt.sqrt(1.0 - c_r2), dims="continuous_indicator"
             )
         loading = pm.Deterministic("loading", loading, dims="indicator")
         n_free = int(free.sum())
@@ -933,7 +1115,43 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
                     observed=hd.positive[:, zm],
                     dims=("household", "hurdle_zero_indicator"),
                 )
-    return model
+
+        if data.continuous is not None:
+            cd = data.continuous
+            c_mu = pm.Normal("continuous_mean", 0.0, 1.0, dims="continuous_indicator")
+            pm.CustomDist(
+                "y_continuous",
+                c_mu[None, :] + item_linear(cd.items),
+                c_sigma[None, :] * np.ones_like(cd.value),
+                pm.Data("continuous_mask", cd.mask),
+                logp=masked_normal_logp,
+                observed=pm.Data("continuous_value", cd.value),
+                dims=("household", "continuous_indicator"),
+            )
+
+        if data.count is not None:
+            nd = data.count
+            # centred on the log of the item's mean count: Normal(log mean, 1) puts the mean
+            # count at the factor's mean within a factor of e^2 = 7.4 of the observed one
+            c_int = pm.Normal("count_intercept", nd.log_mean_count, 1.0, dims="count_indicator")
+            log_alpha = pt.zeros(len(nd.items))
+            nb = np.flatnonzero(nd.negative_binomial)
+            if nb.size:
+                model.add_coord("nb_indicator", [nd.items[j].name for j in nb])
+                # 1 / sqrt(alpha), the gamma mixing's coefficient of variation
+                cv = pm.HalfNormal("count_dispersion", pri["dispersion_sd"], dims="nb_indicator")
+                log_alpha = log_alpha[nb].set(-2.0 * pt.log(cv))
+            pm.CustomDist(
+                "y_count",
+                c_int[None, :] + item_linear(nd.items),
+                log_alpha[None, :] * np.ones_like(nd.count),
+                nd.negative_binomial.astype(float)[None, :] * np.ones_like(nd.count),
+                pm.Data("count_mask", nd.mask),
+                pm.Data("count_log_factorial", nd.log_factorial),
+                logp=count_logp,
+                observed=pm.Data("count_value", nd.count),
+                dims=("household", "count_indicator"),
+            )
 
 
 # --------------------------------------------------------------------------------------
@@ -959,6 +1177,13 @@ def data_updates(items: ItemData) -> dict[str, np.ndarray]:
     if items.hurdle is not None:
         out["hurdle_positive_mask"] = (items.hurdle.positive * items.hurdle.mask).astype(float)
         out["hurdle_log_amount"] = items.hurdle.log_value
+    if items.continuous is not None:
+        out["continuous_mask"] = items.continuous.mask
+        out["continuous_value"] = items.continuous.value
+    if items.count is not None:
+        out["count_mask"] = items.count.mask
+        out["count_log_factorial"] = items.count.log_factorial
+        out["count_value"] = items.count.count
     return out
 
 
@@ -973,24 +1198,21 @@ def compile_latent(model):
 
 def sample_compiled(compiled, sampler: Mapping[str, Any], seed: int, data: Mapping | None = None):
     """Sample a compiled nutpie model, optionally with new data (see :func:`data_updates`)."""
-    import nutpie
     from threadpoolctl import threadpool_limits
 
-    if data:
-        known = getattr(compiled, "shared_data", data)
-        compiled = compiled.with_data(**{k: v for k, v in data.items() if k in known})
+    from pari_bayes.estimation.sampling import nutpie_sample
+
     with threadpool_limits(limits=1):
-        return nutpie.sample(
+        return nutpie_sample(
             compiled,
-            draws=int(sampler["draws"]),
-            tune=int(sampler["tune"]),
-            chains=int(sampler["chains"]),
-            cores=int(sampler["cores"]),
-            seed=int(seed),
-            target_accept=float(sampler["target_accept"]),
-            low_rank_modified_mass_matrix=bool(sampler.get("low_rank_mass_matrix", False)),
-            progress_bar=False,
-            save_warmup=False,
+            draws=sampler["draws"],
+            tune=sampler["tune"],
+            chains=sampler["chains"],
+            cores=sampler["cores"],
+            seed=seed,
+            target_accept=sampler["target_accept"],
+            low_rank=bool(sampler.get("low_rank_mass_matrix", False)),
+            data=data,
         )
 
 
@@ -1188,6 +1410,13 @@ _GATED = (
     "log_amount_sd",
     "zero_intercept",
     "zero_loading",
+    "continuous_mean",
+    "continuous_total_sd",
+    "continuous_r2",
+    "continuous_sd",
+    "count_intercept",
+    "count_loading",
+    "count_dispersion",
     "disturbance_corr",
     "invariance_z",
 )
@@ -1321,7 +1550,14 @@ def _household_log_likelihood(idata, model, design: LatentDesign):
         idata, model=model, extend_inferencedata=False, progressbar=False
     )
     total = np.zeros((idata.posterior.sizes["chain"], idata.posterior.sizes["draw"], design.n))
-    for name in ("y_ordinal", "y_binomial", "y_hurdle_amount", "y_hurdle_positive"):
+    for name in (
+        "y_ordinal",
+        "y_binomial",
+        "y_hurdle_amount",
+        "y_hurdle_positive",
+        "y_continuous",
+        "y_count",
+    ):
         if name in ll:
             arr = ll[name].to_numpy()  # (chain, draw, household, item)
             total += arr.reshape(arr.shape[:3] + (-1,)).sum(axis=-1)
@@ -1528,6 +1764,7 @@ def fit_latent_spec(
     files.append(write_csv(out_effects, directory / "effects.csv"))
     files.append(write_csv(diagnostics.assign(**mark), directory / "diagnostics.csv"))
     files.append(write_csv(scores.assign(**mark), directory / "factor_scores.csv"))
+    files += _write_loadings(idata, design, spec, directory, mark)
     if loo_table is not None:
         files.append(write_csv(loo_table.assign(**mark), directory / "loo.csv"))
     del az
@@ -1544,6 +1781,36 @@ def fit_latent_spec(
         loo=loo_table,
         files=files,
     )
+
+
+def _write_loadings(idata, design: LatentDesign, spec: LatentSpec, directory: Path, mark):
+    """Write ``loadings.csv`` and ``loadings.png``: the measurement part of the fit.
+
+    The rows of :func:`pari_bayes.estimation.cfa.measurement_table` that describe items
+    (loadings, standardized loadings, residual variances, intercepts). Here the factor's
+    unit of scale is the household disturbance (the factor given the structural part), so
+    the standardized loadings are partial: the correlation of an item with its factor among
+    households of equal covariates, exposure and community.
+    """
+    from pari_bayes.estimation.cfa import loadings_plot, measurement_draws, measurement_table
+
+    table = measurement_table(measurement_draws(idata, design, spec), spec)
+    table = table[
+        table["parameter"].isin(
+            ["loading", "standardized_loading", "residual_variance", "intercept"]
+        )
+    ]
+    written = [write_csv(table.assign(**mark), directory / "loadings.csv")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written.append(
+            loadings_plot(
+                table,
+                directory / "loadings.png",
+                f"{spec.name}: item loadings (per sd of the household disturbance)",
+            )
+        )
+    return written
 
 
 def _compare_invariance(
@@ -1633,9 +1900,10 @@ def simulate_from_prior(
     params: dict[str, dict[str, object]] = {}
     loadings = {}
     for it in spec.items:
-        if it.kind == "hurdle_lognormal":  # total sd and variance share, as in the model
-            total = abs(rng.normal(0, pri["hurdle_sigma"]))
-            r2 = rng.beta(pri["hurdle_r2_alpha"], pri["hurdle_r2_beta"])
+        if it.kind in ("hurdle_lognormal", "normal"):  # total sd and variance share
+            prefix = "hurdle" if it.kind == "hurdle_lognormal" else "continuous"
+            total = abs(rng.normal(0, pri[f"{prefix}_sigma"]))
+            r2 = rng.beta(pri[f"{prefix}_r2_alpha"], pri[f"{prefix}_r2_beta"])
             lam, resid_sd = float(total * np.sqrt(r2)), float(total * np.sqrt(1 - r2))
         else:
             lam = float(np.exp(rng.normal(pri["loading_mu"], pri["loading_sigma"])))
@@ -1645,6 +1913,16 @@ def simulate_from_prior(
             params[it.name] = {"loading": lam, "cutpoints": cuts}
         elif it.kind == "binomial":
             params[it.name] = {"loading": lam, "intercept": rng.normal(0, pri["intercept_sd"])}
+        elif it.kind in ("poisson", "negative_binomial"):
+            lam = float(np.exp(rng.normal(pri["count_loading_mu"], pri["count_loading_sigma"])))
+            loadings[it.name] = lam
+            # as the model's prior, centred on a mean count of 2
+            params[it.name] = {"loading": lam, "intercept": rng.normal(np.log(2.0), 1.0)}
+            if it.kind == "negative_binomial":
+                cv = abs(rng.normal(0, pri["dispersion_sd"]))
+                params[it.name]["alpha"] = 1.0 / max(cv, 1e-3) ** 2
+        elif it.kind == "normal":
+            params[it.name] = {"loading": lam, "mu": rng.normal(0, 1), "sigma": resid_sd}
         else:
             params[it.name] = {
                 "loading": lam,

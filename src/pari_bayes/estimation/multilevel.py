@@ -594,22 +594,17 @@ class _Sampler:
         s = self.spec.sampler
         start = time.perf_counter()
         if self._compiled is not None:
-            import nutpie
+            from pari_bayes.estimation.sampling import nutpie_sample
 
-            compiled = self._compiled.with_data(**data) if data else self._compiled
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*fork.*")
-                idata = nutpie.sample(
-                    compiled,
-                    draws=s.draws,
-                    tune=s.tune,
-                    chains=s.chains,
-                    cores=s.cores,
-                    seed=self.seed,
-                    target_accept=s.target_accept,
-                    save_warmup=False,
-                    progress_bar=False,
-                )
+            idata = nutpie_sample(
+                self._compiled.with_data(**data) if data else self._compiled,
+                draws=s.draws,
+                tune=s.tune,
+                chains=s.chains,
+                cores=s.cores,
+                seed=self.seed,
+                target_accept=s.target_accept,
+            )
         else:
             import pymc as pm
 

@@ -45,12 +45,17 @@ class Estimator:
         Relative wall time, for balancing the main job's worker processes.
     description
         One line for listings.
+    own_sections
+        The estimator validates its spec's sections itself (the common parser checks only
+        ``kind``, ``name``, ``outcomes``, ``identification`` and ``[sampler]``; the rest is
+        kept in ``spec.raw``), as ``latent`` does.
     """
 
     kind: str
     fit: Callable[..., Any]
     cost: float = 1.0
     description: str = ""
+    own_sections: bool = False
 
 
 def _fit_multilevel(survey, spec, directory, **kwargs: Any) -> Any:
@@ -66,6 +71,20 @@ def _fit_latent(survey, spec, directory, *, seed=None, plots=True, **kwargs: Any
     return fit_latent_spec(survey, spec, directory, seed=seed, **kwargs)
 
 
+def _fit_formula(survey, spec, directory, **kwargs: Any) -> Any:
+    from pari_bayes.estimation.formula import fit_formula_spec
+
+    return fit_formula_spec(survey, spec, directory, **kwargs)
+
+
+def _fit_measurement(survey, spec, directory, *, seed=None, plots=True, **kwargs: Any) -> Any:
+    from pari_bayes.estimation.cfa import fit_measurement_spec
+
+    kwargs.pop("identification", None)  # a measurement model has no adjustment set
+    seed = spec.sampler.seed if seed is None else seed
+    return fit_measurement_spec(survey, spec, directory, seed=seed, plots=plots, **kwargs)
+
+
 #: The registered estimators by kind (built-ins first; :func:`register_estimator` adds).
 ESTIMATORS: dict[str, Estimator] = {
     "multilevel": Estimator(
@@ -75,7 +94,25 @@ ESTIMATORS: dict[str, Estimator] = {
         "multivariate", _fit_multilevel, 1.5, "the scores jointly, correlated residuals"
     ),
     "latent": Estimator(
-        "latent", _fit_latent, 3.0, "joint measurement (items) and structural model"
+        "latent",
+        _fit_latent,
+        3.0,
+        "joint measurement (items) and structural model",
+        own_sections=True,
+    ),
+    "measurement": Estimator(
+        "measurement",
+        _fit_measurement,
+        2.0,
+        "the measurement model alone (a Bayesian CFA): loadings, residual and factor variances",
+        own_sections=True,
+    ),
+    "formula": Estimator(
+        "formula",
+        _fit_formula,
+        1.5,
+        "any Bambi formula and family; effects by counterfactual prediction",
+        own_sections=True,
     ),
 }
 

@@ -381,8 +381,8 @@ def parse_spec(raw: dict[str, Any], where: str = "<spec>") -> ModelSpec:
     from pari_bayes.estimation.registry import get_estimator
 
     kind = raw.get("kind")
-    get_estimator(kind, where)  # a registered kind, or an error listing them
-    if kind != "latent":
+    own = get_estimator(kind, where).own_sections  # a registered kind, or an error listing them
+    if not own:
         _unknown(where, "", raw, _TOP_KEYS)
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -409,7 +409,7 @@ def parse_spec(raw: dict[str, Any], where: str = "<spec>") -> ModelSpec:
     formula = raw.get("formula", "")
     terms: tuple[str, ...] = ()
     group = group_raw.get("name", "community")
-    if kind != "latent" or formula:
+    if not own or (formula and kind == "latent"):
         if not isinstance(formula, str) or not formula.strip():
             raise SpecError(
                 f'{where}: key formula: missing; e.g. formula = "cbo_participation + '
@@ -427,7 +427,7 @@ def parse_spec(raw: dict[str, Any], where: str = "<spec>") -> ModelSpec:
         raise SpecError(f"{where}: key priors must be a table")
     priors: dict[str, PriorSpec] = {}
     for slot, entry in priors_raw.items():
-        if kind != "latent" and slot not in PRIOR_SLOTS:
+        if not own and slot not in PRIOR_SLOTS:
             raise SpecError(
                 f"{where}: unknown key priors.{slot}; allowed: {', '.join(PRIOR_SLOTS)}"
             )

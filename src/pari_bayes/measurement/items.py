@@ -18,6 +18,13 @@ simulation-based checks), are
     sigma)`` for ``y > 0``; the zeros are modelled by ``P(y > 0) = logistic(c0 + lambda0 *
     eta)`` when ``zero_model = true``, or taken as given (conditioned on) when another item
     already explains them (e.g. no employment income when nobody is employed).
+``normal``
+    Continuous score (a scale score, a test result): ``y ~ Normal(mu + lambda * eta, sigma)``
+    on the standardized values; with ``log = true`` the log of a positive value is normal
+    (log-normal item).
+``poisson``, ``negative_binomial``
+    Counts without an upper bound (visits, friends named): ``log E[y] = c + lambda * eta``;
+    the negative binomial adds overdispersion, ``Var[y] = mu + mu**2 / alpha``.
 
 All items of one type are stacked into one long-format likelihood call (one row per
 observed household-item pair), so the model graph does not grow with the number of items.
@@ -36,10 +43,13 @@ from pari_bayes.errors import SpecError, SurveyDataError
 
 __all__ = [
     "ITEM_KINDS",
+    "LINK_KINDS",
     "ItemSpec",
     "OrdinalData",
     "BinomialData",
     "HurdleData",
+    "ContinuousData",
+    "CountData",
     "ItemData",
     "prepare_items",
     "ordinal_logp",
@@ -48,11 +58,18 @@ __all__ = [
     "ordinal_logp_numpy",
     "binomial_logp_numpy",
     "hurdle_lognormal_logp_numpy",
+    "count_logp",
+    "normal_logp_numpy",
+    "count_logp_numpy",
     "simulate_items",
 ]
 
 #: Item types a spec may declare.
-ITEM_KINDS = ("ordinal", "binomial", "hurdle_lognormal")
+ITEM_KINDS = ("ordinal", "binomial", "hurdle_lognormal", "normal", "poisson", "negative_binomial")
+
+#: Item types whose loading is on a link scale (logit or log), with a log-normal prior; the
+#: others (continuous parts) get theirs from the share of variance the factor explains.
+LINK_KINDS = ("ordinal", "binomial", "poisson", "negative_binomial")
 
 #: Finite stand-in for the infinite outer cutpoints (keeps gradients finite).
 _PAD = 1.0e3
@@ -88,6 +105,8 @@ class ItemSpec:
         income per employed member). The item is modelled as the total, i.e. with the offset
         ``-log(product)`` on the log amount; the offset has coefficient 1, so this is the
         same likelihood up to a constant.
+    log
+        ``normal``: the log of the (positive) value is normal, i.e. a log-normal item.
     """
 
     name: str
@@ -99,8 +118,14 @@ class ItemSpec:
     zero_model: bool = True
     direct: tuple[str, ...] = ()
     divided_by: tuple[str, ...] = ()
+    log: bool = False
 
     def __post_init__(self) -> None:
+        if self.log and self.kind != "normal":
+            raise SpecError(
+                f"item {self.name!r}: log = true applies to normal items only (this item is "
+                f'{self.kind!r}); remove it or use type = "normal".'
+            )
         if self.divided_by and self.kind != "hurdle_lognormal":
             raise SpecError(
                 f"item {self.name!r}: divided_by applies to hurdle_lognormal items only "
@@ -181,6 +206,45 @@ class HurdleData:
 
 
 @dataclass
+class ContinuousData:
+    """Wide-format data of all ``normal`` items, standardized.
+
+    ``value`` holds ``(y - center) / scale`` (of ``log y`` for log-normal items) where
+    answered, 0 elsewhere; ``center`` and ``scale`` convert loadings and residual sds back to
+    the item's own units (multiply by ``scale``).
+    """
+
+    items: list[ItemSpec]
+    value: np.ndarray  # (n, J)
+    mask: np.ndarray  # (n, J)
+    center: np.ndarray  # (J,)
+    scale: np.ndarray  # (J,)
+
+
+@dataclass
+class CountData:
+    """Wide-format data of all count items (``poisson`` and ``negative_binomial``)."""
+
+    items: list[ItemSpec]
+    count: np.ndarray  # (n, J), 0 where missing
+    mask: np.ndarray  # (n, J)
+    negative_binomial: np.ndarray  # (J,) bool
+
+    @property
+    def log_mean_count(self) -> np.ndarray:
+        """Log of each item's mean answered count (+0.5, finite for all-zero items)."""
+        answered = np.maximum(self.mask.sum(axis=0), 1.0)
+        return np.log((self.count * self.mask).sum(axis=0) / answered + 0.5)
+
+    @property
+    def log_factorial(self) -> np.ndarray:
+        """``log y!``, the parameter-free part of both count log-likelihoods."""
+        from scipy.special import gammaln
+
+        return gammaln(self.count + 1.0)
+
+
+@dataclass
 class ItemData:
     """All items of a measurement model, prepared for the likelihood."""
 
@@ -190,6 +254,8 @@ class ItemData:
     ordinal: OrdinalData | None = None
     binomial: BinomialData | None = None
     hurdle: HurdleData | None = None
+    continuous: ContinuousData | None = None
+    count: CountData | None = None
     notes: list[str] = field(default_factory=list)
 
     def factor_index(self, items: Sequence[ItemSpec]) -> np.ndarray:
@@ -367,7 +433,65 @@ def prepare_items(
                 for it, c, sd in zip(hurdle, center, scale, strict=True)
             )
         )
+    continuous = [it for it in items if it.kind == "normal"]
+    if continuous:
+        data.continuous = _prepare_continuous(frame, continuous, n)
+    counts = [it for it in items if it.kind in ("poisson", "negative_binomial")]
+    if counts:
+        data.count = _prepare_counts(frame, counts, n)
     return data
+
+
+def _prepare_continuous(frame: pd.DataFrame, items: list[ItemSpec], n: int) -> ContinuousData:
+    value = np.zeros((n, len(items)))
+    mask = np.zeros((n, len(items)))
+    center, scale = np.zeros(len(items)), np.ones(len(items))
+    for j, it in enumerate(items):
+        raw = _column(frame, it.name, it.name)
+        answered = ~np.isnan(raw)
+        if it.log:
+            with np.errstate(invalid="ignore"):
+                bad = answered & ~(raw > 0)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise SurveyDataError(
+                    f"item {it.name!r}: value {raw[row]:g} in row {row + 2} is not positive; "
+                    "a log-normal item (log = true) allows positive numbers only"
+                )
+            raw = np.where(answered, np.log(np.where(answered, raw, 1.0)), np.nan)
+        if answered.sum() < 2 or np.nanstd(raw) == 0:
+            raise SurveyDataError(
+                f"item {it.name!r}: fewer than two distinct answered values; a normal item "
+                "needs variation to estimate its loading and residual variance."
+            )
+        center[j], scale[j] = float(np.nanmean(raw)), float(np.nanstd(raw))
+        value[answered, j] = (raw[answered] - center[j]) / scale[j]
+        mask[:, j] = answered
+    return ContinuousData(items=items, value=value, mask=mask, center=center, scale=scale)
+
+
+def _prepare_counts(frame: pd.DataFrame, items: list[ItemSpec], n: int) -> CountData:
+    count = np.zeros((n, len(items)))
+    mask = np.zeros((n, len(items)))
+    for j, it in enumerate(items):
+        raw = _column(frame, it.name, it.name)
+        answered = ~np.isnan(raw)
+        with np.errstate(invalid="ignore"):
+            bad = answered & ((raw < 0) | (np.abs(raw - np.round(raw)) > 1e-9))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise SurveyDataError(
+                f"item {it.name!r}: value {raw[row]:g} in row {row + 2} is not a count; "
+                "allowed: a whole number of at least 0"
+            )
+        count[answered, j] = np.round(raw[answered])
+        mask[:, j] = answered
+    return CountData(
+        items=items,
+        count=count,
+        mask=mask,
+        negative_binomial=np.array([it.kind == "negative_binomial" for it in items]),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -428,6 +552,49 @@ def masked_normal_logp(value, mu, sigma, mask):
 
     z = (value - mu) / sigma
     return mask * (-0.5 * z**2 - pt.log(sigma) - 0.5 * np.log(2 * np.pi))
+
+
+def count_logp(count, log_mean, log_alpha, negative_binomial, mask, log_factorial):
+    """Poisson or negative-binomial log-probability with a log link, elementwise (PyTensor).
+
+    Poisson: ``y x - exp(x) - log y!``. Negative binomial with mean ``mu = exp(x)`` and
+    shape ``alpha`` (``Var = mu + mu**2 / alpha``): ``lgamma(y + alpha) - lgamma(alpha) -
+    log y! + alpha log(alpha / (alpha + mu)) + y log(mu / (alpha + mu))``, with the two logs
+    computed from ``x`` and ``log alpha`` by ``logaddexp`` (stable for large means).
+    ``negative_binomial`` (0/1 per item) selects the form; missing answers contribute 0.
+    """
+    import pytensor.tensor as pt
+
+    poisson = count * log_mean - pt.exp(log_mean) - log_factorial
+    alpha = pt.exp(log_alpha)
+    log_total = pt.logaddexp(log_alpha, log_mean)  # log(alpha + mu)
+    nb = (
+        pt.gammaln(count + alpha)
+        - pt.gammaln(alpha)
+        - log_factorial
+        + alpha * (log_alpha - log_total)
+        + count * (log_mean - log_total)
+    )
+    return mask * pt.switch(negative_binomial > 0, nb, poisson)
+
+
+def normal_logp_numpy(value: np.ndarray, mu: np.ndarray, sigma: float) -> np.ndarray:
+    """Return the normal log-density (NumPy reference for tests)."""
+    from scipy import stats
+
+    return stats.norm.logpdf(value, loc=mu, scale=sigma)
+
+
+def count_logp_numpy(
+    count: np.ndarray, log_mean: np.ndarray, alpha: float | None = None
+) -> np.ndarray:
+    """Poisson (``alpha=None``) or negative-binomial log-probability (NumPy reference)."""
+    from scipy import stats
+
+    mu = np.exp(log_mean)
+    if alpha is None:
+        return stats.poisson.logpmf(count, mu)
+    return stats.nbinom.logpmf(count, alpha, alpha / (alpha + mu))
 
 
 def _log_sigmoid(x: np.ndarray) -> np.ndarray:
@@ -521,10 +688,11 @@ def simulate_items(
     eta
         Factor values, one column per factor, one row per household.
     params
-        Per item name: ``loading`` and ``cutpoints`` (ordinal), ``intercept`` (binomial),
-        ``mu``, ``sigma`` and optionally ``zero_intercept``, ``zero_loading`` (hurdle; raw log
-        scale); optionally ``offset``, an array added to the item's linear predictor (its
-        direct covariate effects).
+        Per item name: ``loading`` and ``cutpoints`` (ordinal), ``intercept`` (binomial,
+        poisson, and ``alpha`` for negative_binomial), ``mu``, ``sigma`` (normal; of the log
+        for ``log = true``) and ``mu``, ``sigma`` and optionally ``zero_intercept``,
+        ``zero_loading`` (hurdle; raw log scale); optionally ``offset``, an array added to
+        the item's linear predictor (its direct covariate effects).
     rng
         Random generator.
     frame
@@ -556,6 +724,15 @@ def simulate_items(
             prob = 1.0 / (1.0 + np.exp(-(float(p["intercept"]) + x)))
             y = rng.binomial(trials, prob)
             out[it.name] = y / trials if it.proportion else y
+        elif it.kind == "normal":
+            value = float(p["mu"]) + x + float(p["sigma"]) * rng.standard_normal(n)
+            out[it.name] = np.exp(value) if it.log else value
+        elif it.kind in ("poisson", "negative_binomial"):
+            mean = np.exp(float(p["intercept"]) + x)
+            if it.kind == "negative_binomial":
+                alpha = float(p["alpha"])
+                mean = rng.gamma(alpha, mean / alpha)
+            out[it.name] = rng.poisson(mean)
         else:
             amount = np.exp(float(p["mu"]) + x + float(p["sigma"]) * rng.standard_normal(n))
             if "zero_intercept" in p:

@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= results
 PYTEST_ARGS ?=
+# make test: one pytest worker per core (CI has 2), whole files per worker (their shared
+# quick runs stay in one process), and the compilers' optimizers off: the fast tests' fits
+# use tiny draws, so compiling dominates (NUMBA_OPT=0 for nutpie's numba code; PyTensor's
+# cmodule__remove_gxx_opt drops g++'s -O3 for its C code). See README, Development.
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-all lint setup clean
 
@@ -22,7 +27,8 @@ run: $(STAMP)
 	$(BIN)/pari-bayes run --out $(OUT) --force
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	NUMBA_OPT=0 PYTENSOR_FLAGS="cmodule__remove_gxx_opt=True,$(PYTENSOR_FLAGS)" \
+		$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+# Under pytest-xdist (make test), each worker compiles into its own PyTensor cache: the
+# compile lock of one shared cache serialises the workers, and concurrent compilation into
+# one cache is not safe (pymc issue 7819). Set before anything imports pytensor; the CLI
+# subprocesses the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _cache = Path.home() / ".pytensor" / f"xdist-{os.environ['PYTEST_XDIST_WORKER']}"
+    _flags = os.environ.get("PYTENSOR_FLAGS", "")
+    if "base_compiledir" not in _flags:
+        os.environ["PYTENSOR_FLAGS"] = ",".join(filter(None, [_flags, f"base_compiledir={_cache}"]))
+
 import numpy as np
 import pandas as pd
 import pytest

@@ -186,8 +186,8 @@ def test_item_on_undeclared_factor_is_spec_error():
         ({"invariance": "by_item"}, "invariance = 'by_item'; allowed: full"),
         ({"factors": {"names": []}}, "non-empty list of factor names"),
         (
-            {"items": [{"name": "a1", "type": "poisson", "factor": "f1"}]},
-            "type 'poisson' is unknown",
+            {"items": [{"name": "a1", "type": "beta", "factor": "f1"}]},
+            "type 'beta' is unknown",
         ),
         (
             {"items": [{"name": "a1", "type": "ordinal", "factor": "f1", "levels": [2]}]},

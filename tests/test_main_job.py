@@ -180,6 +180,31 @@ def test_report_is_complete_and_agrees_with_csvs(quick_run: Path) -> None:
             assert row == expected, (table["source"], i)
 
 
+def test_latent_posterior_reloads_without_per_draw_eta(quick_run: Path) -> None:
+    """The main job's latent posterior: per-draw eta dropped, its summary kept and equal
+    to factor_scores.csv (the in-memory comparison is test_posterior_io's slow test)."""
+    import pari_bayes as pb
+
+    idata = pb.load_posterior(
+        quick_run / "fit" / "latent" / "posterior.nc", spec=MODELS_DIR / "latent.toml"
+    )
+    assert idata.attrs["kind"] == "latent" and idata.attrs["model_name"] == "latent"
+    assert idata.attrs["status"] == "UNCONVERGED"
+    assert "eta" not in idata.posterior and "household_z" not in idata.posterior
+    assert {"mean", "sd"} <= set(idata.factor_scores.data_vars)
+    n = len(pd.read_csv(DEFAULT_SURVEY))
+    assert idata.factor_scores["mean"].sizes["household"] == n
+    assert idata.log_likelihood["households"].sizes["household"] == n
+    for group in ("observed_data", "constant_data"):
+        assert group in idata.groups(), group
+    scores = pd.read_csv(quick_run / "fit" / "latent" / "factor_scores.csv")
+    first = idata.factor_scores["dimension"].to_numpy()[0]
+    from_file = scores[scores["dimension"] == first]["mean"].to_numpy()
+    in_nc = idata.factor_scores["mean"].sel(dimension=first).to_numpy()
+    # write_csv keeps 6 significant digits (io.write_csv's "%.6g"): half a unit in the 6th
+    assert from_file == pytest.approx(in_nc, rel=5e-6, abs=1e-9)
+
+
 def test_no_planted_identity_in_any_output(quick_run: Path) -> None:
     for path in quick_run.rglob("*"):
         if path.is_file():
@@ -298,13 +323,9 @@ def test_killed_run_leaves_nothing(tmp_path: Path, sig) -> None:
     proc.send_signal(sig)
     proc.wait(timeout=120)
     assert proc.returncode != 0
-    assert list(tmp_path.iterdir()) == []  # neither --out nor a staging folder
-    if sig != signal.SIGINT:
-        return  # the refit below does not depend on the signal: once is enough
-    again = _run_cli(["fit", "--model", model, "--out", str(out), "--quick"])
-    assert again.returncode == 3, again.stderr[-2000:]  # kept, but marked unconverged
-    assert (out / "effects.csv").exists()
-    assert "UNCONVERGED" in (out / "effects.csv").read_text()
+    # neither --out nor a staging folder: a later run starts from nothing (CI budget: the
+    # refit into the same --out that used to follow is the ordinary path every fit test runs)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

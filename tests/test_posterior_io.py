@@ -178,6 +178,7 @@ def _quick_fit(survey, name: str, directory: Path):
         return fit_model(survey, MODELS_DIR / f"{name}.toml", directory, quick=True, plots=False)
 
 
+@pytest.mark.slow  # CI budget: test_main_job reloads the quick run's latent posterior
 def test_quick_latent_fit_reloads_without_per_draw_eta(survey, tmp_path):
     result = _quick_fit(survey, "latent", tmp_path)
     path = tmp_path / "posterior.nc"

@@ -28,7 +28,9 @@ def test_every_step_script_is_listed_and_documented():
     steps = {
         p.name
         for p in (PROJECT_ROOT / "scripts").glob("*.py")
-        if not p.name.startswith(("bench_", "sbc_", "two_step", "calibrate_", "robustness"))
+        if not p.name.startswith(
+            ("bench_", "sbc_", "two_step", "calibrate_", "robustness", "validate_")
+        )
     }
     assert steps == set(SCRIPTS)
     readme = (PROJECT_ROOT / "README.md").read_text()
@@ -40,9 +42,10 @@ def test_every_step_script_is_listed_and_documented():
 
 
 #: Scripts whose run is slow and whose code paths the main job's quick run already covers
-#: (compare_all fits every method and fit_latent the latent spec, as `run --quick` does):
+#: (compare_all fits every method, fit_latent the latent spec and fit_multilevel the table4
+#: and multivariate specs, as `run --quick` does):
 #: slow-marked to keep `make test` near CI's 15 minutes.
-SLOW_SCRIPTS = {"compare_all.py", "fit_latent.py"}
+SLOW_SCRIPTS = {"compare_all.py", "fit_latent.py", "fit_multilevel.py"}
 
 
 @pytest.mark.parametrize(

@@ -86,3 +86,15 @@ def codebook():
 @pytest.fixture
 def registry_path():
     return DEFAULT_REGISTRY
+
+
+#: The files whose tests take longest (each shares one quick run of the main job or of a
+#: project): collected first, so that under pytest-xdist (``make test``, whole files per
+#: worker) they start at once and overlap with the rest instead of running alone at the end.
+HEAVY_FIRST = ("test_main_job.py", "test_project.py", "test_scripts_and_readme.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
+    """Move the tests of :data:`HEAVY_FIRST` to the front (stable: order otherwise kept)."""
+    rank = {name: k for k, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -1140,18 +1140,18 @@ class _Sampler:
                 target_accept=s.target_accept,
             )
         else:
-            with self.pm_model:
-                idata = pm.sample(
-                    draws=s.draws,
-                    tune=s.tune,
-                    chains=s.chains,
-                    cores=s.cores,
-                    target_accept=s.target_accept,
-                    random_seed=self.seed,
-                    var_names=self.var_names,
-                    progressbar=False,
-                    compute_convergence_checks=False,
-                )
+            from pari_bayes.estimation.sampling import pymc_sample
+
+            idata = pymc_sample(
+                self.pm_model,
+                draws=s.draws,
+                tune=s.tune,
+                chains=s.chains,
+                cores=s.cores,
+                seed=self.seed,
+                target_accept=s.target_accept,
+                var_names=self.var_names,
+            )
         seconds = time.perf_counter() - start
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)

@@ -1233,7 +1233,6 @@ def sample_latent(model, sampler: Mapping[str, Any], seed: int):
 
 
 def _sample(model, sampler: Mapping[str, Any], seed: int):
-    import pymc as pm
 
     name = sampler.get("name", "nutpie")
     t0 = time.perf_counter()
@@ -1244,18 +1243,18 @@ def _sample(model, sampler: Mapping[str, Any], seed: int):
         t1 = time.perf_counter()
         idata = sample_compiled(compiled, sampler, seed)
     else:
+        from pari_bayes.estimation.sampling import pymc_sample
+
         t1 = time.perf_counter()
-        with model:
-            idata = pm.sample(
-                draws=int(sampler["draws"]),
-                tune=int(sampler["tune"]),
-                chains=int(sampler["chains"]),
-                cores=int(sampler["cores"]),
-                random_seed=int(seed),
-                target_accept=float(sampler["target_accept"]),
-                progressbar=False,
-                compute_convergence_checks=False,
-            )
+        idata = pymc_sample(
+            model,
+            draws=sampler["draws"],
+            tune=sampler["tune"],
+            chains=sampler["chains"],
+            cores=sampler["cores"],
+            seed=seed,
+            target_accept=sampler["target_accept"],
+        )
     t2 = time.perf_counter()
     return idata, {"compile_s": t1 - t0, "sample_s": t2 - t1, "wall_s": t2 - t0}
 

@@ -608,19 +608,20 @@ class _Sampler:
         else:
             import pymc as pm
 
-            with self.model:
-                if data:
+            from pari_bayes.estimation.sampling import pymc_sample
+
+            if data:
+                with self.model:
                     pm.set_data(data)
-                idata = pm.sample(
-                    draws=s.draws,
-                    tune=s.tune,
-                    chains=s.chains,
-                    cores=s.cores,
-                    target_accept=s.target_accept,
-                    random_seed=self.seed,
-                    progressbar=False,
-                    compute_convergence_checks=False,
-                )
+            idata = pymc_sample(
+                self.model,
+                draws=s.draws,
+                tune=s.tune,
+                chains=s.chains,
+                cores=s.cores,
+                seed=self.seed,
+                target_accept=s.target_accept,
+            )
         seconds = time.perf_counter() - start
         keep = [
             v

@@ -1,4 +1,4 @@
-"""One call into nutpie for every estimator (multilevel, formula, latent, measurement).
+"""One call into each sampler for every estimator (multilevel, formula, latent, measurement).
 
 Each estimator compiles its PyMC model once (``nutpie.compile_pymc_model``) and samples it,
 possibly several times with new data (``compiled.with_data``: other outcomes, replicates);
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["nutpie_sample"]
+__all__ = ["nutpie_sample", "pymc_sample"]
 
 
 def nutpie_sample(
@@ -65,4 +65,36 @@ def nutpie_sample(
             low_rank_modified_mass_matrix=bool(low_rank),
             save_warmup=False,
             progress_bar=False,
+        )
+
+
+def pymc_sample(
+    model: Any,
+    *,
+    draws: int,
+    tune: int,
+    chains: int,
+    cores: int,
+    seed: int,
+    target_accept: float,
+    var_names: list[str] | None = None,
+) -> Any:
+    """Sample a PyMC model with PyMC's own NUTS (the ``sampler = "pymc"`` alternative).
+
+    No progress bar and no convergence checks here: every estimator applies the project's
+    gate to the result itself.
+    """
+    import pymc as pm
+
+    with model:
+        return pm.sample(
+            draws=int(draws),
+            tune=int(tune),
+            chains=int(chains),
+            cores=int(cores),
+            random_seed=int(seed),
+            target_accept=float(target_accept),
+            var_names=var_names,
+            progressbar=False,
+            compute_convergence_checks=False,
         )

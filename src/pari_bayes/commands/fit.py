@@ -79,19 +79,23 @@ def run(args: argparse.Namespace) -> int:
         )
     result, gate = fit.result, fit.gate
     converged = bool(gate["passed"])
+    table = getattr(result, "measurement", None)  # a measurement-only (CFA) spec
+    # A measurement spec has no effects: its published estimates are the measurement table.
+    published = bool(gate.get("effects_published"))
     if converged:
         status = f"converged (rung {gate['rung']} of the escalation ladder)"
-    elif gate.get("effects_published"):
+    elif published:
         status = "UNCONVERGED (convergence gate failed; outputs marked)"
     else:
+        what = "effects" if table is None else "measurement estimates"
         status = (
             "UNCONVERGED: convergence gate failed on every rung; diagnostics published, "
-            "effects withheld (--allow-unconverged publishes them marked)\n  "
+            f"{what} withheld (--allow-unconverged publishes them marked)\n  "
             + str(gate.get("reason", ""))
         )
     print(f"{spec.name}: {status}; wrote {args.out}")
     effects = getattr(result, "effects", None)
-    if effects is not None and len(effects) and gate.get("effects_published"):
+    if effects is not None and len(effects) and published:
         sub = effects[
             (effects["scope"] == "observed") & effects["estimand"].isin(["DE", "IE", "TE"])
         ]
@@ -100,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 f"  {r['dimension']:<24} {r['estimand']}: {r['mean']:+.3f} "
                 f"[{r['q05']:+.3f}, {r['q95']:+.3f}]"
             )
-    table = getattr(result, "measurement", None)  # a measurement-only (CFA) spec
-    if table is not None and converged:
+    if table is not None and (converged or published):
         std = table[table["parameter"] == "standardized_loading"]
         for _, r in std.iterrows():
             print(

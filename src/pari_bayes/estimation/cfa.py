@@ -47,6 +47,7 @@ from pari_bayes.estimation.latent import (
     LatentDesign,
     LatentSpec,
     build_latent_model,
+    factor_scores,
     latent_design,
     latent_diagnostics,
     load_latent_spec,
@@ -303,26 +304,6 @@ class MeasurementFitResult:
     files: list[Path] = field(default_factory=list)
 
 
-def _scores(idata, design: LatentDesign, spec: LatentSpec) -> pd.DataFrame:
-    eta = idata.posterior["eta"]
-    mean = eta.mean(("chain", "draw")).to_numpy()
-    sd = eta.std(("chain", "draw")).to_numpy()
-    return pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    "household_id": design.households,
-                    "dimension": dim,
-                    "mean": mean[:, d],
-                    "sd": sd[:, d],
-                }
-            )
-            for d, dim in enumerate(spec.factors)
-        ],
-        ignore_index=True,
-    )
-
-
 def loadings_plot(table: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
     """Forest plot of the standardized loadings (90% intervals), one row per item.
 
@@ -431,7 +412,7 @@ def fit_measurement_spec(
             + "; ".join(failures[:15])
             + ". Increase [sampler] draws/tune or target_accept, or pass --allow-unconverged."
         )
-    scores = _scores(idata, design, spec)
+    scores = factor_scores(idata, design, spec)
     extra = {
         "identification": f"sampled: unit factor variances, positive loadings; reported: "
         f"{spec.identification}",

@@ -311,8 +311,9 @@ def fit_spec_file(
         if not allow_unconverged:
             for name in EFFECT_FILES:
                 (directory / name).unlink(missing_ok=True)
-    gate["effects_published"] = (
-        bool(gate["passed"] or quick or allow_unconverged) and (directory / "effects.csv").exists()
+    # Published estimates: the effect rows, or a measurement-only spec's measurement table.
+    gate["effects_published"] = bool(gate["passed"] or quick or allow_unconverged) and any(
+        (directory / name).exists() for name in ("effects.csv", "measurement.csv")
     )
     return SpecFit(result=result, gate=gate)
 

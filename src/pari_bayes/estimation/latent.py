@@ -1347,17 +1347,26 @@ def latent_effects(idata, design: LatentDesign, spec: LatentSpec, seed: int = 0)
 
 
 def factor_scores(idata, design: LatentDesign, spec: LatentSpec) -> pd.DataFrame:
-    """Posterior mean and sd of each household's factor values (long format)."""
+    """Posterior mean and sd of each household's factor values (long format).
+
+    With a ``community`` column when the design has communities (a measurement-only spec
+    may have none).
+    """
     eta = idata.posterior["eta"]
     mean = eta.mean(("chain", "draw")).to_numpy()
     sd = eta.std(("chain", "draw")).to_numpy()
+    where = (
+        {"community": np.asarray(design.communities)[design.community_index]}
+        if len(design.communities)
+        else {}
+    )
     frames = []
     for d, dim in enumerate(spec.factors):
         frames.append(
             pd.DataFrame(
                 {
                     "household_id": design.households,
-                    "community": np.asarray(design.communities)[design.community_index],
+                    **where,
                     "dimension": dim,
                     "mean": mean[:, d],
                     "sd": sd[:, d],

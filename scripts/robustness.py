@@ -13,8 +13,9 @@ default DAG (``models/dag.dot``), fit the spec through the package's lifecycle
 (``fit_spec_file``: gate, escalation ladder, as the main job), and compare the 90%
 intervals of the observed-scope DE and IE with the truth (the latent spec: the factor
 effects in disturbance sd units; table4/multivariate: the effect on the PCA score from the
-potential-outcome item draws; see :mod:`pari_bayes.scenarios`). Replicates run in a
-``concurrent.futures.ProcessPoolExecutor`` (``--workers``); the run is resumable
+potential-outcome item draws; see :mod:`pari_bayes.scenarios`). Replicates run on the
+project's replicate engine (``pari_bayes.design.engine.map_tasks``: Dask worker processes,
+``--workers``, each with its own PyTensor compile directory); the run is resumable
 (replicates already in ``robustness.csv`` are skipped).
 
 Writes into --out (default docs/): robustness.csv (one row per replicate x spec),
@@ -32,10 +33,8 @@ with the fit's CSVs and fit.log; posteriors are deleted unless --keep-posteriors
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import contextlib
 import math
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -637,31 +636,30 @@ def main() -> int:
     )
     runs_rows = runs.to_dict("records") if not runs.empty else []
     cov_rows = coverage.to_dict("records") if not coverage.empty else []
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=ctx) as pool:
-        futures = {
-            pool.submit(
-                run_replicate,
-                s,
-                path,
-                args.seed,
-                out / RUNS_DIR / s.name,
-                args.quick,
-                args.keep_posteriors,
-            ): (s.name, name)
-            for s, name, path in todo
-        }
-        for i, fut in enumerate(cf.as_completed(futures), start=1):
-            try:
-                row = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a dead worker: not recorded, so a rerun retries
-                scenario_name, spec_name = futures[fut]
+    from pari_bayes.design.engine import Task, map_tasks
+
+    tasks = [
+        Task(
+            f"{s.name}|{name}",
+            (s, path, args.seed, out / RUNS_DIR / s.name, args.quick, args.keep_posteriors),
+        )
+        for s, name, path in todo
+    ]
+    if tasks:
+        results = map_tasks(
+            run_replicate, tasks, workers=max(1, args.workers), progress=False, label="robustness"
+        )
+        for i, result in enumerate(results, start=1):
+            if result.error is not None:  # a dead worker: not recorded, so a rerun retries
+                scenario_name, spec_name = result.key.split("|", 1)
+                last = result.error.strip().splitlines()[-1]
                 print(
                     f"[{i}/{len(todo)}] {scenario_name} x {spec_name}: worker failed "
-                    f"({type(exc).__name__}: {exc}); not recorded, a rerun retries it",
+                    f"({last}); not recorded, a rerun retries it",
                     flush=True,
                 )
                 continue
+            row = result.value
             cov = row.pop("coverage")
             runs_rows.append(row)
             cov_rows += [

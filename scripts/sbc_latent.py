@@ -4,10 +4,11 @@ Reduced model: 2 factors, 6 items (per factor two ordinal items and one binomial
 120 households in 4 communities (2 with CBOs). Each replicate draws every parameter from
 the priors, simulates answers, fits the model (compiled once per worker; data swapped in)
 and records the rank of the true DE and IE of each factor among thinned posterior draws.
-Replicates run in parallel (multiprocessing, one compiled model per worker).
+Replicates run on the project's replicate engine (``pari_bayes.design.engine``: Dask
+workers, one compiled model per worker, each with its own PyTensor compile directory).
 
 Usage: python scripts/sbc_latent.py [--replicates 100] [--workers 2] [--out docs/figures]
-       [--deadline HH:MM (UTC; stop starting new replicates after it)]
+       [--scheduler ADDR] [--deadline HH:MM (UTC; stop starting new replicates after it)]
 Writes sbc_latent_ranks.csv, sbc_latent_uniformity.csv, sbc_latent.png.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import multiprocessing as mp
 import os
 import time
 import warnings
@@ -45,7 +45,6 @@ SPEC = {
 }
 N_HOUSEHOLDS = 120
 THIN = 4
-_STATE: dict = {}
 
 
 def reduced_design(seed: int = 7):
@@ -75,20 +74,20 @@ def reduced_design(seed: int = 7):
     return spec, design
 
 
-def _init() -> None:
+def _build() -> tuple:
+    """Build the reduced design and compile its model (once per worker: worker_cache)."""
     warnings.simplefilter("ignore")
     from pari_bayes.estimation import latent as L
 
     spec, design = reduced_design()
-    _STATE.update(
-        spec=spec, design=design, compiled=L.compile_latent(L.build_latent_model(design, spec))
-    )
+    return spec, design, L.compile_latent(L.build_latent_model(design, spec))
 
 
 def replicate(rep: int) -> list[dict]:
+    from pari_bayes.design.engine import worker_cache
     from pari_bayes.estimation import latent as L
 
-    spec, design, compiled = _STATE["spec"], _STATE["design"], _STATE["compiled"]
+    spec, design, compiled = worker_cache("sbc_latent", _build)
     rng = np.random.default_rng(1000 + rep)
     items, truth = L.simulate_from_prior(design, spec, rng)
     t0 = time.perf_counter()
@@ -162,6 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicates", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--scheduler", default=None, help="a running dask scheduler's address")
     parser.add_argument("--out", default="docs/figures")
     parser.add_argument("--deadline", default=None, help="HH:MM UTC: start no replicate after it")
     args = parser.parse_args()
@@ -173,16 +173,23 @@ def main() -> None:
         now = dt.datetime.now(dt.UTC)
         deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
     t0 = time.perf_counter()
+    from pari_bayes.design.engine import Task, map_tasks
+
     rows: list[dict] = []
-    with mp.get_context("fork").Pool(args.workers, initializer=_init) as pool:
-        for result in pool.imap_unordered(replicate, range(args.replicates)):
-            rows.extend(result)
-            done = len({r["replicate"] for r in rows})
-            print(f"{done} replicates, {time.perf_counter() - t0:.0f} s", flush=True)
-            if deadline is not None and dt.datetime.now(dt.UTC) > deadline:
-                print("deadline reached; stopping", flush=True)
-                pool.terminate()
-                break
+    tasks = [Task(f"r{rep}", (rep,)) for rep in range(args.replicates)]
+    results = map_tasks(
+        replicate, tasks, workers=args.workers, scheduler=args.scheduler, label="sbc"
+    )
+    for result in results:
+        if result.error is not None:
+            print(f"{result.key} failed:\n{result.error}", flush=True)
+            continue
+        rows.extend(result.value)
+        if deadline is not None and dt.datetime.now(dt.UTC) > deadline:
+            print("deadline reached; stopping", flush=True)
+            results.close()  # cancels the replicates not started
+            break
+    print(f"{len({r['replicate'] for r in rows})} replicates, {time.perf_counter() - t0:.0f} s")
     ranks = pd.DataFrame(rows).sort_values(["replicate", "parameter"])
     ranks.to_csv(out / "sbc_latent_ranks.csv", index=False, float_format="%.6g")
     table = uniformity(ranks)

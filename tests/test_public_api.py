@@ -32,6 +32,8 @@ EXPECTED = {
     "RunOptions",
     "run_pipeline",
     "build_report",
+    "load_design",
+    "run_design",
     "PariBayesError",
     "SurveyDataError",
     "RegistryError",

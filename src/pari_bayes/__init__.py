@@ -54,6 +54,8 @@ _LAZY = {
     "RunOptions": "pari_bayes.pipeline",
     "run_pipeline": "pari_bayes.pipeline",
     "build_report": "pari_bayes.report",
+    "load_design": "pari_bayes.design",
+    "run_design": "pari_bayes.design",
 }
 
 __all__ = [

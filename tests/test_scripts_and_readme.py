@@ -29,7 +29,7 @@ def test_every_step_script_is_listed_and_documented():
         p.name
         for p in (PROJECT_ROOT / "scripts").glob("*.py")
         if not p.name.startswith(
-            ("bench_", "sbc_", "two_step", "calibrate_", "robustness", "validate_")
+            ("bench_", "sbc_", "two_step", "calibrate_", "robustness", "validate_", "screenshot_")
         )
     }
     assert steps == set(SCRIPTS)
@@ -43,9 +43,10 @@ def test_every_step_script_is_listed_and_documented():
 
 #: Scripts whose run is slow and whose code paths the main job's quick run already covers
 #: (compare_all fits every method, fit_latent the latent spec and fit_multilevel the table4
-#: and multivariate specs, as `run --quick` does):
+#: and multivariate specs, as `run --quick` does; add_community's fifth-community fit is
+#: the tiny_fit fixture of test_multilevel.py, in-process):
 #: slow-marked to keep `make test` near CI's 15 minutes.
-SLOW_SCRIPTS = {"compare_all.py", "fit_latent.py", "fit_multilevel.py"}
+SLOW_SCRIPTS = {"compare_all.py", "fit_latent.py", "fit_multilevel.py", "add_community.py"}
 
 
 @pytest.mark.parametrize(

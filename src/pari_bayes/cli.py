@@ -27,8 +27,10 @@ COMMAND_MODULES = (
     "identify",
     "fit",
     "ipw",
+    "sensitivity",
     "report",
     "run",
+    "design",
 )
 
 EXIT_INPUT = 2

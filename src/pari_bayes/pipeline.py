@@ -6,6 +6,7 @@ interrupted run leaves nothing behind. Layout of a run folder::
     run.json, data_summary.csv          the survey and its validation notices
     calibration/                        calibration.csv, audit.csv (bundled synthetic survey)
     ols/                                the paper's PCA + OLS baseline (Table 4)
+    sensitivity/                        OLS omitted-variable bounds: ovb.csv, contour_<dim>.png
     identification/                     DAG, identification, positivity, refutations
     fit/<model>/                        one folder per Bayesian model spec (models/*.toml)
     ipw/                                design-based IPW estimates
@@ -29,6 +30,7 @@ import pandas as pd
 from pari_bayes._paths import DEFAULT_SURVEY, MODELS_DIR
 from pari_bayes._version import __version__
 from pari_bayes.effects import EffectTable, comparison_table
+from pari_bayes.findings import plain_summary as findings_summary
 from pari_bayes.io import atomic_write_text, write_csv
 from pari_bayes.survey import EXPOSURE_GROUPS, Survey
 from pari_bayes.workers import describe_fit
@@ -83,7 +85,15 @@ class RunOptions:
     quick: bool = False
     progress: bool = True
     workers: int = 2
-    steps: Sequence[str] = ("calibration", "ols", "identification", "fit", "ipw", "report")
+    steps: Sequence[str] = (
+        "calibration",
+        "ols",
+        "sensitivity",
+        "identification",
+        "fit",
+        "ipw",
+        "report",
+    )
     console: Any = None
     log_path: Path | None = None
 
@@ -231,6 +241,28 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
             from pari_bayes.estimation.ols import write_ols
 
             table4 = _step_dir(result, "ols", write_ols, identification=identification)
+        if "sensitivity" in steps and table4 is not None:
+            # Only the OLS omitted-variable bounds (seconds); the Bayesian grid is
+            # `pari-bayes sensitivity` (minutes per grid point).
+            progress.step("sensitivity to an unobserved confounder (OLS bounds, CR2)")
+            from pari_bayes.errors import PariBayesError
+            from pari_bayes.sensitivity.ovb import write_ovb
+
+            pca = getattr(table4, "pca", None)
+            (directory / "sensitivity").mkdir()
+            try:
+                _timed(
+                    result,
+                    "sensitivity",
+                    lambda: write_ovb(
+                        survey,
+                        directory / "sensitivity",
+                        scores=pca.scores if pca is not None else None,
+                    ),
+                )
+            except PariBayesError as exc:  # an auxiliary step never takes the run down
+                atomic_write_text(directory / "sensitivity" / "ERROR.txt", f"{exc}\n")
+                progress.note(f"sensitivity analysis not computed: {exc}")
         if "identification" in steps:
             progress.step("identification (DoWhy)")
             from pari_bayes.identification import write_identification
@@ -324,7 +356,12 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         table = EffectTable.concat(method_effects)
         result.effects = table.frame
         table.to_csv(directory / "effects_all.csv")
-        _forest_plot(result.effects, directory / "effects_forest.png")
+        from pari_bayes.findings import observed_alpha
+        from pari_bayes.report_figures import write_forest_plot
+
+        write_forest_plot(
+            result.effects, directory / "effects_forest.png", alpha=observed_alpha(directory)
+        )
 
     meta = {
         "package": "pari_bayes",
@@ -337,7 +374,7 @@ def run_pipeline(survey: Survey, directory: Path, options: RunOptions | None = N
         "notices": list(survey.notices),
         "timings_s": result.timings,
         "gate_passed": result.gate_passed,
-        "plain_summary": plain_summary(survey, result, table4),
+        "plain_summary": findings_summary(directory),
         "environment": environment(),
     }
     atomic_write_text(directory / "run.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -431,49 +468,6 @@ def _fill_comparison(target: Path, table4: Any, effects: EffectTable | None) -> 
     write_csv(new, path)
 
 
-def _forest_plot(effects: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sub = effects[(effects["estimand"].isin(["DE", "IE", "TE"])) & (effects["scope"] == "observed")]
-    dims = list(dict.fromkeys(sub["dimension"]))
-    methods = list(dict.fromkeys(sub["method"]))
-    fig, axes = plt.subplots(
-        1, 3, figsize=(13, 0.6 + 0.45 * max(1, len(dims) * len(methods) / 2)), sharey=True
-    )
-    colors = plt.get_cmap("tab10")
-    for ax, estimand in zip(axes, ["DE", "IE", "TE"], strict=True):
-        est = sub[sub["estimand"] == estimand]
-        labels, y = [], 0
-        for dim in dims:
-            for k, method in enumerate(methods):
-                row = est[(est["dimension"] == dim) & (est["method"] == method)]
-                if not row.empty:
-                    r = row.iloc[0]
-                    ax.errorbar(
-                        r["mean"],
-                        y,
-                        xerr=[[r["mean"] - r["q05"]], [r["q95"] - r["mean"]]],
-                        fmt="o",
-                        color=colors(k),
-                        label=method if dim == dims[0] else None,
-                    )
-                labels.append(f"{dim} | {method}")
-                y += 1
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_title(estimand)
-        ax.set_yticks(range(len(labels)))
-        ax.set_yticklabels(labels, fontsize=7)
-    axes[0].invert_yaxis()
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=max(1, len(methods)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 #: Packages whose versions change the numbers of a run.
 _PROVENANCE_PACKAGES = (
     "numpy",
@@ -512,60 +506,3 @@ def environment() -> dict[str, Any]:
             hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None
         ),
     }
-
-
-def plain_summary(survey: Survey, result: RunResult, table4) -> list[str]:
-    """Plain-language statements of what the data can and cannot support."""
-    lines = []
-    with_cbo = [c for c in survey.communities if survey.registry[c].has_cbo]
-    without = [c for c in survey.communities if not survey.registry[c].has_cbo]
-    lines.append(
-        f"CBO presence varies only between communities: {len(with_cbo)} with CBOs "
-        f"({', '.join(with_cbo)}) and {len(without)} without ({', '.join(without)}). The spillover "
-        "effect (IE) therefore rests on a comparison of "
-        f"{len(with_cbo)} vs {len(without)} clusters; any community-level difference other "
-        "than CBOs (formation date, location, management) is confounded with it."
-    )
-    if len(with_cbo) < 5 or len(without) < 5:
-        lines.append(
-            "With this few clusters per arm, cluster-robust standard errors and the IPW sandwich "
-            "variance are unreliable; the wild cluster bootstrap and the Bayesian models with "
-            "an informative community-sd prior are the honest summaries, and their intervals "
-            "depend on that prior (see prior sensitivity)."
-        )
-    lines.append(
-        "The direct effect (DE) compares participants with non-participants inside CBO "
-        "communities. Participation was partly recruited by snowball sampling, so an "
-        "unmeasured trait such as prior sociability can drive both participation and "
-        "integration: DE is not identified without assuming that confounder away (see the "
-        "sensitivity analysis in the identification section)."
-    )
-    estimands = result.directory / "identification" / "estimands.csv"
-    if estimands.exists():
-        table = pd.read_csv(estimands)
-        by_dag = table.groupby("estimand")["identified_dag"].all()
-        unidentified = [e for e, ok in by_dag.items() if not ok]
-        if unidentified:
-            lines.append(
-                "NOT IDENTIFIED under the causal graph (models/dag.dot), which keeps an "
-                f"unobserved household trait driving participation: {', '.join(unidentified)}. "
-                "Their estimates below hold only if participation is ignorable given the "
-                "adjustment set; see the sensitivity figures in the identification section."
-            )
-    if result.effects is not None:
-        eff = result.effects
-        sel = eff[(eff["scope"] == "observed") & eff["estimand"].isin(["DE", "IE", "TE"])]
-        for (method, estimand), grp in sel.groupby(["method", "estimand"], sort=True):
-            pos = grp[(grp["q05"] > 0)]["dimension"].tolist()
-            neg = grp[(grp["q95"] < 0)]["dimension"].tolist()
-            above = ", ".join(pos) or "no dimension"
-            text = f"{method}, {estimand}: 90% interval above zero for {above}"
-            if neg:
-                text += f"; below zero for {', '.join(neg)}"
-            lines.append(text + ".")
-    if result.gate is not None and not result.gate_passed:
-        bad = result.gate.loc[~result.gate["passed"].astype(bool), "model"].tolist()
-        lines.append(
-            f"UNCONVERGED: {', '.join(bad)} failed the convergence gate; do not report them."
-        )
-    return lines

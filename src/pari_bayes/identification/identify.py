@@ -1221,40 +1221,11 @@ def write_identification(
 
 
 def _plot_dag(result: IdentificationResult, path: Path) -> None:
-    """Draw the DAG in layers (sources left); latent nodes dashed and grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Draw the DAG readably (:func:`~pari_bayes.identification.dag_plot.draw_dag`)."""
+    from pari_bayes.identification.dag_plot import draw_dag
+    from pari_bayes.io import atomic_write_bytes
 
     graph = nx.DiGraph()
+    # Nodes in file order, so the layout (and the PNG) is reproducible.
     graph.add_edges_from((u, v) for u, v, _ in result.dag_edges)
-    # Positions computed here (file order within each layer) so the PNG is reproducible.
-    order = list(dict.fromkeys(n for u, v, _ in result.dag_edges for n in (u, v)))
-    rank = {n: i for i, n in enumerate(order)}
-    pos = {}
-    for layer, nodes in enumerate(nx.topological_generations(graph)):
-        nodes = sorted(nodes, key=rank.get)
-        for i, node in enumerate(nodes):
-            pos[node] = (float(layer), (len(nodes) - 1) / 2.0 - i)
-    latent = set(result.latent_nodes)
-    fig, ax = plt.subplots(figsize=(16, 11))
-    nx.draw_networkx_edges(graph, pos, ax=ax, alpha=0.35, arrowsize=8, node_size=900)
-    for is_latent in (False, True):
-        nodes = [n for n in graph if (n in latent) == is_latent]
-        nx.draw_networkx_nodes(
-            graph,
-            pos,
-            nodelist=nodes,
-            ax=ax,
-            node_size=900,
-            node_color="#dddddd" if is_latent else "#9ecae1",
-            edgecolors="#555555",
-            linewidths=1.0,
-        )
-    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=7)
-    ax.set_title("Assumed causal graph (grey = latent / unobserved)")
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, metadata={"Software": None})
-    plt.close(fig)
+    atomic_write_bytes(path, draw_dag(graph, set(result.latent_nodes)))

@@ -28,7 +28,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	NUMBA_OPT=0 PYTENSOR_FLAGS="cmodule__remove_gxx_opt=True,$(PYTENSOR_FLAGS)" \
-		$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+		$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

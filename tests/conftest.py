@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pari_bayes._paths import DEFAULT_REGISTRY, PROJECT_ROOT
+from pari_bayes._paths import DEFAULT_REGISTRY, DEFAULT_SURVEY, PROJECT_ROOT
 from pari_bayes.codebook import load_codebook
 from pari_bayes.registry import load_registry
 
@@ -91,10 +91,33 @@ def registry_path():
 #: The files whose tests take longest (each shares one quick run of the main job or of a
 #: project): collected first, so that under pytest-xdist (``make test``, whole files per
 #: worker) they start at once and overlap with the rest instead of running alone at the end.
-HEAVY_FIRST = ("test_main_job.py", "test_project.py", "test_scripts_and_readme.py")
+HEAVY_FIRST = (
+    "test_main_job.py",
+    "test_main_job_cli.py",
+    "test_project.py",
+    "test_scripts_and_readme.py",
+)
 
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
     """Move the tests of :data:`HEAVY_FIRST` to the front (stable: order otherwise kept)."""
     rank = {name: k for k, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+#: Identifying values planted in the bundled survey (tests/test_main_job*.py check that no
+#: output carries them).
+PLANTED_NAME = "Wang Xiaoming"
+PLANTED_PHONE = "13912345678"
+
+
+@pytest.fixture(scope="session")
+def planted_survey(tmp_path_factory) -> Path:
+    """The bundled survey with identifying columns planted (name, phone, free text)."""
+    frame = pd.read_csv(DEFAULT_SURVEY, dtype=str, keep_default_na=False)
+    frame.insert(1, "respondent_name", PLANTED_NAME)
+    frame.insert(2, "phone", PLANTED_PHONE)
+    frame["interviewer_notes"] = f"called {PLANTED_NAME} at {PLANTED_PHONE}"
+    path = tmp_path_factory.mktemp("planted") / "survey_with_pii.csv"
+    frame.to_csv(path, index=False)
+    return path

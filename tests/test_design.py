@@ -395,6 +395,10 @@ def test_prior_draws_become_the_truth(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
+# CI budget: nutpie's numba compile of the multilevel model alone is ~85 s of a 2-core
+# `make test` run; the multilevel model itself is tested in test_multilevel.py, and this
+# test (compile once, refeed with CompiledModel.with_data) runs with `make test-all`.
+@pytest.mark.slow
 def test_bayes_replicate_wiring():
     spec = parse_design(
         _raw(

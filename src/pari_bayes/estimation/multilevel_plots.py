@@ -89,12 +89,30 @@ def forest_plot(result, path: Path, title_prefix: str = "") -> bool:
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_title(est)
         ax.set_yticks([-i for i in range(len(dims))], dims)
-    axes[0].legend(loc="lower left", fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("effect on the standardized score (sd)", fontsize=9)
     fig.suptitle(f"{title_prefix}{result.spec.name}: effects on the integration scores")
-    fig.tight_layout()
+    _legend_below(fig, axes[0])
     _save(fig, path)
     plt.close(fig)
     return True
+
+
+def _legend_below(fig, ax) -> None:
+    """One legend under the panels (never over a row of intervals), then the layout."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=min(len(handles), 3),
+            fontsize=9,
+            frameon=False,
+        )
+    # Room at the bottom for the legend: about 0.45 in per legend row.
+    rows = -(-len(handles) // 3) if handles else 0
+    fig.tight_layout(rect=(0, min(0.4, 0.45 * rows / fig.get_size_inches()[1]), 1, 1))
 
 
 def ppc_plot(result, path: Path, title_prefix: str = "") -> bool:
@@ -158,9 +176,10 @@ def sensitivity_plot(result, path: Path, title_prefix: str = "") -> bool:
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_title(est)
         ax.set_yticks([-i for i in range(len(dims))], dims)
-    axes[0].legend(fontsize=7, loc="lower left")
+    for ax in axes:
+        ax.set_xlabel("effect on the standardized score (sd)", fontsize=9)
     fig.suptitle(f"{title_prefix}prior sensitivity: community-sd prior scale ({result.spec.name})")
-    fig.tight_layout()
+    _legend_below(fig, axes[0])
     _save(fig, path)
     plt.close(fig)
     return True

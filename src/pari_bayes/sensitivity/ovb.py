@@ -718,23 +718,34 @@ def contour_plot(
         gx, gy = np.meshgrid(grid, grid)
         z = adjusted_estimate(gx, gy, r.estimate, r.se_classical, r.dof)
         cs = ax.contour(gx, gy, z, levels=12, colors="grey", linewidths=0.7)
-        ax.clabel(cs, fontsize=7, fmt="%.2f")
+        ax.clabel(cs, fontsize=8, fmt="%.2f")
         if np.nanmin(z) < 0 < np.nanmax(z) or r.estimate == 0:
             ax.contour(gx, gy, z, levels=[0.0], colors="red", linestyles="--", linewidths=1.4)
         ax.plot(0, 0, "^", color="black")
-        ax.annotate(
-            f"unadjusted ({r.estimate:.3f})", (0, 0), (4, 4), textcoords="offset points", fontsize=7
-        )
-        for _, b in pts.iterrows():
+        # Points are labelled "1x", "2x", ... (staggered: they often sit close together);
+        # what they mean, with the adjusted estimates, is in one box.
+        legend = [f"unadjusted: {r.estimate:.3f}"]
+        for i, (_, b) in enumerate(pts.iterrows()):
             ax.plot(b.r2dz_x, b.r2yz_dx, "o", color="red", ms=4)
             ax.annotate(
-                f"{b.k:g}x {_pretty(r.benchmark)} ({b.adjusted_estimate:.3f})",
+                f"{b.k:g}x",
                 (b.r2dz_x, b.r2yz_dx),
-                (4, 4),
+                (5, 3 + 9 * i),
                 textcoords="offset points",
-                fontsize=7,
+                fontsize=9,
                 color="darkred",
             )
+            legend.append(f"{b.k:g}x {_pretty(r.benchmark)}: {b.adjusted_estimate:.3f}")
+        ax.text(
+            0.98,
+            0.98,
+            "\n".join(legend),
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=9,
+            bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "#999999", "alpha": 0.9},
+        )
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)
         ax.set_xlabel("partial R2 of confounder with treatment")

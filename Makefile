@@ -8,7 +8,9 @@ PYTEST_ARGS ?=
 # make test: one pytest worker per core (CI has 2), whole files per worker (their shared
 # quick runs stay in one process), and the compilers' optimizers off: the fast tests' fits
 # use tiny draws, so compiling dominates (NUMBA_OPT=0 for nutpie's numba code; PyTensor's
-# cmodule__remove_gxx_opt drops g++'s -O3 for its C code). See README, Development.
+# cmodule__remove_gxx_opt drops g++'s -O3 for its C code). --no-loadscope-reorder keeps
+# conftest's order (heaviest files first); xdist otherwise sorts files by test count and
+# started the main job's quick run 6 minutes late. See README, Development.
 TEST_WORKERS ?= 2
 
 .PHONY: run test test-all lint setup clean
@@ -28,7 +30,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	NUMBA_OPT=0 PYTENSOR_FLAGS="cmodule__remove_gxx_opt=True,$(PYTENSOR_FLAGS)" \
-		$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
+		$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

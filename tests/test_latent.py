@@ -304,7 +304,24 @@ def test_invariance_options_add_community_deviations_except_anchor():
     assert "intercept_shift" in model2.named_vars
 
 
-def test_tiny_draw_wiring(tmp_path):
+#: Draws of the tiny fits of this file, by model (its variables) and seed: sampled once.
+_TINY: dict = {}
+
+
+def _tiny_draws(model, sampler, seed):
+    """``sample_latent`` sampling each (model, seed) once per test process."""
+    key = (tuple(sorted(model.named_vars)), int(seed))
+    if key not in _TINY:
+        _TINY[key] = _REAL_SAMPLE_LATENT(model, sampler, seed)
+    idata, timing = _TINY[key]
+    return idata.copy(), dict(timing)
+
+
+_REAL_SAMPLE_LATENT = L.sample_latent
+
+
+def test_tiny_draw_wiring(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "sample_latent", _tiny_draws)
     spec = L.parse_latent_spec(SMALL_SPEC)
     # the parameters outside the gate that miss the thresholds are named, not hidden
     with pytest.warns(UserWarning, match=r"other parameter check\(s\) miss the thresholds: "):
@@ -342,10 +359,13 @@ def test_tiny_draw_wiring(tmp_path):
     assert not result.converged and any("ess_bulk" in f for f in result.failures)
 
 
-def test_gate_failure_raises_convergence_error(tmp_path):
+def test_gate_failure_raises_convergence_error(tmp_path, monkeypatch):
     from pari_bayes.errors import ConvergenceError
 
     spec = L.parse_latent_spec(SMALL_SPEC)
+    # The tiny fit's draws (they miss the gate: test_tiny_draw_wiring publishes them only
+    # with allow_unconverged), shared with that test instead of sampled twice (CI budget).
+    monkeypatch.setattr(L, "sample_latent", _tiny_draws)
     with pytest.raises(ConvergenceError, match="failed the convergence gate"):
         L.fit_latent_spec(_Survey(small_frame()), spec, tmp_path, seed=5)
 

@@ -505,6 +505,12 @@ def test_sensitivity_section_when_present(tmp_path: Path) -> None:
     assert "Sensitivity analysis: not run" not in html_text
     assert len(parser.images) >= 1
     assert any(t["source"] == "sensitivity/ovb.csv" for t in parser.tables)
+    # the run's plain-language summary (run.json) says it too, after the findings sentences
+    from pari_bayes.findings import plain_summary
+
+    summary = plain_summary(run)
+    de = [s for s in summary if "would need 3x age" in s]
+    assert de and summary.index(de[0]) >= len(findings_sentences(build_findings(run)))
 
 
 def test_number_formats() -> None:

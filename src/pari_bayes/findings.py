@@ -43,6 +43,7 @@ __all__ = [
     "design_caveat",
     "design_words",
     "plain_summary",
+    "sensitivity_sentences",
     "fmt_number",
     "fmt_p",
 ]
@@ -530,11 +531,28 @@ def design_caveat(run_dir: str | os.PathLike) -> str:
     return text
 
 
+def sensitivity_sentences(run_dir: str | os.PathLike, estimand: str = "DE") -> list[str]:
+    """Return the sensitivity step's sentences for one estimand (``sensitivity/ovb.csv``).
+
+    "For the direct effect on <dimension> to vanish, an unobserved trait would have to be X
+    times as strong as <benchmark>; ..." per dimension; empty when the step did not run.
+    """
+    table = _read(Path(run_dir) / "sensitivity" / "ovb.csv")
+    if table is None or not {"estimand", "sentence"} <= set(table.columns):
+        return []
+    return [s for s in table.loc[table["estimand"] == estimand, "sentence"] if s]
+
+
 def plain_summary(run_dir: str | os.PathLike) -> list[str]:
-    """Return the findings sentences and the design caveat (run.json's ``plain_summary``)."""
+    """Return the run's plain-language summary (run.json's ``plain_summary``).
+
+    The findings sentences, how strong an unobserved confounder would have to be for each
+    direct effect to vanish (the sensitivity step), then the design caveat.
+    """
     run_dir = Path(run_dir)
     lines = []
     if (run_dir / "effects_all.csv").exists():
         lines += findings_sentences(build_findings(run_dir))
+    lines += sensitivity_sentences(run_dir)
     caveat = design_caveat(run_dir)
     return [*lines, caveat] if caveat else lines

@@ -8,21 +8,19 @@ not identify, a weakly measured latent factor) are drawn hollow and labelled.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pari_bayes.identification.dag_plot import dag_png
+from pari_bayes.identification.dag_plot import dag_png, figure_png, pyplot
 from pari_bayes.io import atomic_write_bytes
 
 __all__ = ["FONT", "forest_figures", "forest_png", "dag_png", "write_forest_plot"]
 
 #: Smallest font (points) of every report figure.
 FONT = 10
-_DPI = 100
 _TOP_IN = 0.95  # figure title and two-line panel titles
 _BOTTOM_IN = 1.2  # tick labels, the x-axis label and the legend
 _WIDTH_IN = 11.0
@@ -41,20 +39,8 @@ _COLORS = {
 }
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
-    _plt().close(fig)
-    return buf.getvalue()
+#: Agg pyplot and PNG bytes at 100 dpi: the causal graph's helpers (one figure style).
+_plt, _png = pyplot, figure_png
 
 
 def _select(effects: pd.DataFrame, alpha: float | None) -> pd.DataFrame:

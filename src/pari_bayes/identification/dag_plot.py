@@ -16,7 +16,7 @@ import networkx as nx
 
 from pari_bayes.identification.dag import CausalDAG
 
-__all__ = ["dag_png", "draw_dag"]
+__all__ = ["dag_png", "draw_dag", "figure_png", "pyplot"]
 
 #: Smallest font (points) of the figure; the report's figures use the same.
 FONT = 10
@@ -24,7 +24,8 @@ _DPI = 100
 _WIDTH_IN = 11.0
 
 
-def _plt():
+def pyplot():
+    """Return ``matplotlib.pyplot`` on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,11 +34,15 @@ def _plt():
     return plt
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """Return a figure as PNG bytes at the report's 100 dpi (no timestamp) and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
-    _plt().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
+
+
+_plt, _png = pyplot, figure_png
 
 
 def _graphviz_png(dot_text: str) -> bytes | None:

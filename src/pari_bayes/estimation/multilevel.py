@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -457,6 +459,57 @@ def _zero_sum_correction(lc, w, tau, n_dims: int, n_comm: int):
     return -pt.sum(pt.log(pt.diag(lv))) - 0.5 * pt.sum(q**2)
 
 
+def mean_terms(design: MultilevelDesign, priors: Mapping[str, Any]) -> SimpleNamespace:
+    """Build the data containers and mean terms of the multilevel model (in a ``pm.Model``).
+
+    Shared by :func:`build_model` and the sensitivity model
+    (:mod:`pari_bayes.sensitivity.bayes`), which adds an unobserved confounder to ``mu``.
+
+    Returns
+    -------
+    SimpleNamespace
+        ``y``, ``X`` and ``cidx`` (``pm.Data``), ``mu`` (household mean: intercept,
+        covariates, direct effect), ``community`` (the spillover term per community, 0
+        without presence) and ``tau`` (community sd).
+    """
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from pari_bayes.priors import prior_variable
+
+    K = len(design.dimensions)
+    y = pm.Data("y", design.y, dims=("household", "dimension"))
+    X = pm.Data("X", design.X, dims=("household", "covariate"))
+    mask = pm.Data("covariate_mask", design.covariate_mask, dims=("covariate", "dimension"))
+    cidx = pm.Data("community_index", design.community_index, dims="household")
+    tau_scale = pm.Data(
+        "community_sd_prior_scale",
+        np.full(
+            K,
+            priors["community_sd"].params.get(
+                "sigma", 1.0 / priors["community_sd"].params.get("lam", 1.0)
+            ),
+        ),
+        dims="dimension",
+    )
+    intercept = prior_variable("intercept", priors["intercept"], dims="dimension")
+    mu = intercept[None, :]
+    if design.covariates:
+        beta = prior_variable("beta", priors["coefficients"], dims=("covariate", "dimension"))
+        mu = mu + pt.dot(X, beta * mask)
+    community = 0.0
+    if design.has_treatment:
+        a = pm.Data("participation", design.treatment - design.treatment_center, dims="household")
+        de = prior_variable("direct_effect", priors["direct_effect"], dims="dimension")
+        mu = mu + a[:, None] * de[None, :]
+    if design.has_presence:
+        s = pm.Data("presence", design.presence - design.presence_center, dims="community")
+        ie = prior_variable("spillover_effect", priors["spillover_effect"], dims="dimension")
+        community = s[:, None] * ie[None, :]
+    tau = prior_variable("community_sd", priors["community_sd"], dims="dimension", scale=tau_scale)
+    return SimpleNamespace(y=y, X=X, cidx=cidx, mu=mu, community=community, tau=tau)
+
+
 def build_model(design: MultilevelDesign, spec: ModelSpec, multivariate: bool | None = None):
     """Build the PyMC model of a design.
 
@@ -492,39 +545,8 @@ def build_model(design: MultilevelDesign, spec: ModelSpec, multivariate: bool | 
     }
     K = len(design.dimensions)
     with pm.Model(coords=coords) as model:
-        y = pm.Data("y", design.y, dims=("household", "dimension"))
-        X = pm.Data("X", design.X, dims=("household", "covariate"))
-        mask = pm.Data("covariate_mask", design.covariate_mask, dims=("covariate", "dimension"))
-        cidx = pm.Data("community_index", design.community_index, dims="household")
-        tau_scale = pm.Data(
-            "community_sd_prior_scale",
-            np.full(
-                K,
-                priors["community_sd"].params.get(
-                    "sigma", 1.0 / priors["community_sd"].params.get("lam", 1.0)
-                ),
-            ),
-            dims="dimension",
-        )
-        intercept = prior_variable("intercept", priors["intercept"], dims="dimension")
-        mu = intercept[None, :]
-        if design.covariates:
-            beta = prior_variable("beta", priors["coefficients"], dims=("covariate", "dimension"))
-            mu = mu + pt.dot(X, beta * mask)
-        community = 0.0
-        if design.has_treatment:
-            a = pm.Data(
-                "participation", design.treatment - design.treatment_center, dims="household"
-            )
-            de = prior_variable("direct_effect", priors["direct_effect"], dims="dimension")
-            mu = mu + a[:, None] * de[None, :]
-        if design.has_presence:
-            s = pm.Data("presence", design.presence - design.presence_center, dims="community")
-            ie = prior_variable("spillover_effect", priors["spillover_effect"], dims="dimension")
-            community = s[:, None] * ie[None, :]
-        tau = prior_variable(
-            "community_sd", priors["community_sd"], dims="dimension", scale=tau_scale
-        )
+        terms = mean_terms(design, priors)
+        y, cidx, mu, community, tau = terms.y, terms.cidx, terms.mu, terms.community, terms.tau
         resid = priors["residual_sd"]
         if multivariate:
             sd_dist = {

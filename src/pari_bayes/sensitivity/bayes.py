@@ -45,6 +45,7 @@ from pari_bayes.estimation.multilevel import (
     MultilevelDesign,
     community_counts,
     marginal_loglik,
+    mean_terms,
 )
 from pari_bayes.estimation.spec import ModelSpec
 from pari_bayes.io import write_csv
@@ -136,40 +137,22 @@ def build_sensitivity_model(design: MultilevelDesign, spec: ModelSpec):
         "covariate": list(design.covariates),
     }
     with pm.Model(coords=coords) as model:
-        y = pm.Data("y", design.y, dims=("household", "dimension"))
-        X = pm.Data("X", design.X, dims=("household", "covariate"))
-        mask = pm.Data("covariate_mask", design.covariate_mask, dims=("covariate", "dimension"))
-        cidx = pm.Data("community_index", design.community_index, dims="household")
-        tau_scale = pm.Data(
-            "community_sd_prior_scale",
-            np.full(
-                1,
-                priors["community_sd"].params.get(
-                    "sigma", 1.0 / priors["community_sd"].params.get("lam", 1.0)
-                ),
-            ),
-            dims="dimension",
-        )
+        # the multilevel model's data and mean (intercept, covariates, DE, IE, tau) ...
+        terms = mean_terms(design, priors)
+        # ... plus the unobserved confounder, in the outcome (delta_U, sd units)
         u_part = pm.Data("u_participation", np.zeros(1))
         u_out = pm.Data("u_outcome", np.zeros(1), dims="dimension")
         confounder = pm.Normal("confounder", 0.0, 1.0, dims="household")
-        intercept = prior_variable("intercept", priors["intercept"], dims="dimension")
-        mu = intercept[None, :] + confounder[:, None] * u_out[None, :]
-        if design.covariates:
-            beta = prior_variable("beta", priors["coefficients"], dims=("covariate", "dimension"))
-            mu = mu + pt.dot(X, beta * mask)
-        a = pm.Data("participation", design.treatment - design.treatment_center, dims="household")
-        de = prior_variable("direct_effect", priors["direct_effect"], dims="dimension")
-        mu = mu + a[:, None] * de[None, :]
-        s = pm.Data("presence", design.presence - design.presence_center, dims="community")
-        ie = prior_variable("spillover_effect", priors["spillover_effect"], dims="dimension")
-        tau = prior_variable(
-            "community_sd", priors["community_sd"], dims="dimension", scale=tau_scale
-        )
+        mu = terms.mu + confounder[:, None] * u_out[None, :]
         sigma = prior_variable("residual_sd", priors["residual_sd"], dims="dimension")
         counts = pm.Data("community_size", community_counts(design), dims="community")
-        m = mu + (s[:, None] * ie[None, :])[cidx]
-        pm.Potential("y_obs_loglik", marginal_loglik(y - m, cidx, counts, pt.diag(sigma), tau, 1))
+        cidx = terms.cidx
+        m = mu + terms.community[cidx]
+        pm.Potential(
+            "y_obs_loglik",
+            marginal_loglik(terms.y - m, cidx, counts, pt.diag(sigma), terms.tau, 1),
+        )
+        X = terms.X
         # participation: only possible where CBOs exist (a = 0 elsewhere by design)
         g0 = pm.Normal("participation_intercept", 0.0, PARTICIPATION_PRIORS["intercept_sd"])
         logit = g0 + u_part[0] * confounder[in_cbo]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -126,6 +127,17 @@ def _worst(*values: Any, how: str) -> float:
     return max(vals) if how == "max" else min(vals)
 
 
+def _primary_fit_only(spec: Any) -> Any:
+    """Drop the spec's side analyses: LOO comparison fits, prior-sensitivity refits.
+
+    Invariance comparisons go too. The suite judges the gate and the coverage of the primary
+    fit, which those analyses do not change, and they would double a replicate's cost.
+    """
+    fields = {f.name for f in dataclasses.fields(spec)}
+    side = {"sensitivity": (), "loo_drop": (), "compare_invariance": ()}
+    return dataclasses.replace(spec, **{k: v for k, v in side.items() if k in fields})
+
+
 def run_replicate(
     scenario: Scenario,
     spec_path: str | os.PathLike,
@@ -165,7 +177,7 @@ def run_replicate(
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    spec = pb.load_spec(spec_path)
+    spec = _primary_fit_only(pb.load_spec(spec_path))
     fit_dir = out_dir / spec.name
     fit_dir.mkdir(parents=True, exist_ok=True)
     for child in fit_dir.iterdir():  # a rerun of an interrupted replicate starts clean

@@ -69,6 +69,8 @@ PASS_GOAL = 0.95
 COVERAGE_GOAL = (0.80, 0.97)
 QUICK_SCENARIOS = ("n300", "c4")
 RUNS_DIR = "robustness_runs"
+#: Written analysis of the failures: scenario, spec, cause (merged into robustness.md).
+CAUSES_FILE = "robustness_causes.csv"
 KEY = ("scenario", "spec", "quick")
 
 DESIGN_COLUMNS = (
@@ -125,6 +127,43 @@ def _worst(*values: Any, how: str) -> float:
     if not vals:
         return float("nan")
     return max(vals) if how == "max" else min(vals)
+
+
+def worst_parameters(diag: Any, n: int = 3) -> str:
+    """Name the parameters that miss the gate's thresholds, worst first.
+
+    Parameters
+    ----------
+    diag
+        A fit's ``diagnostics.csv`` table (``parameter``, ``r_hat``, ``ess_bulk``,
+        ``ess_tail``); anything else gives ``""``.
+    n
+        How many to name.
+
+    Returns
+    -------
+    str
+        ``"name (R-hat 1.03, ESS 210/380); ..."``, ranked by R-hat excess, then ESS
+        shortfall; ``""`` when every parameter meets the thresholds.
+    """
+    from pari_bayes.diagnostics import GATE
+
+    if not isinstance(diag, pd.DataFrame) or "parameter" not in diag or "r_hat" not in diag:
+        return ""
+    d = diag[["parameter", "r_hat", "ess_bulk", "ess_tail"]].copy()
+    for col in ("r_hat", "ess_bulk", "ess_tail"):
+        d[col] = pd.to_numeric(d[col], errors="coerce")
+    d = d.dropna(subset=["r_hat"])
+    ess = d[["ess_bulk", "ess_tail"]].min(axis=1)
+    bad = d[(d["r_hat"] > GATE["r_hat_max"]) | (ess < GATE["ess_bulk_min"])].copy()
+    if bad.empty:
+        return ""
+    bad["_ess"] = ess[bad.index]
+    bad = bad.sort_values(["r_hat", "_ess"], ascending=[False, True]).head(n)
+    return "; ".join(
+        f"{r.parameter} (R-hat {r.r_hat:.3f}, ESS {r.ess_bulk:.0f}/{r.ess_tail:.0f})"
+        for r in bad.itertuples()
+    )
 
 
 def _primary_fit_only(spec: Any) -> Any:
@@ -244,6 +283,7 @@ def run_replicate(
                     how="min",
                 ),
                 reason=str(gate.get("reason") or ""),
+                worst_parameters=worst_parameters(getattr(result, "diagnostics", None)),
                 ladder=str(gate.get("ladder") or ""),
                 error="",
             )
@@ -348,8 +388,18 @@ def _pct(x: Any) -> str:
     return f"{100 * v:.3g}%" if math.isfinite(v) else "-"
 
 
-def write_markdown(runs: pd.DataFrame, coverage: pd.DataFrame, path: Path) -> None:
-    """robustness.md: the summary table, the goals, every failure, per-scenario coverage."""
+def write_markdown(
+    runs: pd.DataFrame,
+    coverage: pd.DataFrame,
+    path: Path,
+    causes: dict[tuple[str, str], str] | None = None,
+) -> None:
+    """robustness.md: the summary table, the goals, every failure, per-scenario coverage.
+
+    ``causes`` maps (scenario, spec) to the written analysis of a failure
+    (:data:`CAUSES_FILE`).
+    """
+    causes = causes or {}
     table = summary_table(runs, coverage)
     quick = bool(runs["quick"].astype(bool).any())
     planned = len(all_scenarios()) * len(SPECS)
@@ -425,17 +475,24 @@ def write_markdown(runs: pd.DataFrame, coverage: pd.DataFrame, path: Path) -> No
         lines.append("None: every replicate passed the gate.")
     else:
         lines += [
+            "Worst parameters: those of the last rung's fit that miss R-hat <= 1.01 or "
+            "ESS >= 400, gated or not. Cause: the analysis in "
+            f"`{CAUSES_FILE}` (by scenario and spec; blank where none was done).",
+            "",
             "| scenario | spec | rung / attempts | divergences | worst R-hat | min ESS bulk "
-            "/ tail | wall s | reason |",
-            "|---|---|---|---|---|---|---|---|",
+            "/ tail | wall s | reason | worst parameters | cause |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for _, r in failures.iterrows():
             reason = str(r.get("reason") or r.get("error") or "").replace("|", "/")[:300]
+            worst = str(r.get("worst_parameters") or "").replace("|", "/")
+            cause = causes.get((str(r["scenario"]), str(r["spec"])), "").replace("|", "/")
             lines.append(
                 f"| {r['scenario']} | {r['spec']} | {_fmt(r.get('rung'))} / "
                 f"{_fmt(r.get('attempts'))} | {_fmt(r.get('divergences'))} | "
                 f"{_fmt(r.get('max_r_hat'), 4)} | {_fmt(r.get('min_ess_bulk'))} / "
-                f"{_fmt(r.get('min_ess_tail'))} | {_fmt(r.get('wall_s'))} | {reason} |"
+                f"{_fmt(r.get('min_ess_tail'))} | {_fmt(r.get('wall_s'))} | {reason} | "
+                f"{worst} | {cause} |"
             )
     lines += [
         "",
@@ -541,7 +598,17 @@ def summarize(out: Path) -> None:
     runs["gate_passed"] = runs["gate_passed"].astype(str).str.lower().isin(["true", "1"])
     runs["error"] = runs["error"].fillna("").astype(str)
     coverage["covered"] = coverage["covered"].astype(str).str.lower().isin(["true", "1"])
-    write_markdown(runs, coverage, out / "robustness.md")
+    if "worst_parameters" not in runs:
+        runs["worst_parameters"] = ""
+    for i, r in runs.iterrows():  # rows fitted before the column existed: from the run folder
+        diag = out / RUNS_DIR / str(r["scenario"]) / str(r["spec"]) / "diagnostics.csv"
+        if not isinstance(r["worst_parameters"], str) and diag.exists():
+            runs.at[i, "worst_parameters"] = worst_parameters(pd.read_csv(diag))
+    causes = {}
+    if (out / CAUSES_FILE).exists():
+        frame = pd.read_csv(out / CAUSES_FILE, keep_default_na=False)
+        causes = {(r.scenario, r.spec): r.cause for r in frame.itertuples()}
+    write_markdown(runs, coverage, out / "robustness.md", causes)
     write_figure(runs, coverage, out / "robustness.png")
 
 

@@ -368,3 +368,20 @@ def test_scaling_benchmark_runs_end_to_end_on_tiny_draws(tmp_path: Path) -> None
     row = table.iloc[0]
     assert row["fit_s"] >= row["compile_s"] + row["sampling_s"] > 0
     assert row["steps_per_draw"] >= 1 and row["ms_per_gradient"] > 0
+
+
+def test_worst_parameters_names_only_those_missing_the_thresholds_worst_first() -> None:
+    rob = _robustness_module()
+    diag = pd.DataFrame(
+        {
+            "parameter": ["a", "b", "c", "d"],
+            "r_hat": [1.002, 1.05, 1.004, 1.02],
+            "ess_bulk": [2000.0, 90.0, 350.0, 800.0],
+            "ess_tail": [1500.0, 120.0, 900.0, 700.0],
+        }
+    )
+    text = rob.worst_parameters(diag)
+    assert text.split("; ")[0].startswith("b (R-hat 1.050, ESS 90/120)")
+    assert [part.split(" ")[0] for part in text.split("; ")] == ["b", "d", "c"]
+    assert rob.worst_parameters(diag.iloc[:1]) == ""  # all within the thresholds
+    assert rob.worst_parameters(None) == ""

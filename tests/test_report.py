@@ -360,7 +360,9 @@ def make_run(directory: Path, *, table4_passed: bool = True, sensitivity: bool =
             "sd": [0.1] * 6,
             "q05": [0.25, 0.05, 0.01, 0.6, 0.1, 0.05],
             "q95": [0.55, 0.35, 0.25, 1.0, 0.5, 0.4],
-            "r_hat": [1.001] * 6,
+            "r_hat": [1.001] * 5 + [1.03],  # one loading misses the thresholds
+            "ess_bulk": [1500.0] * 5 + [210.0],
+            "ess_tail": [1400.0] * 6,
         }
     ).to_csv(directory / "fit" / "latent" / "loadings.csv", index=False)
     ols = []
@@ -511,6 +513,13 @@ def test_sensitivity_section_when_present(tmp_path: Path) -> None:
     summary = plain_summary(run)
     de = [s for s in summary if "would need 3x age" in s]
     assert de and summary.index(de[0]) >= len(findings_sentences(build_findings(run)))
+
+
+def test_loadings_that_miss_the_thresholds_are_named(synthetic_run: Path) -> None:
+    html_text = (synthetic_run / "report.html").read_text()
+    assert "Loadings that miss the thresholds" in html_text
+    assert "per_capita_employment_income (R-hat 1.030, bulk/tail ESS 210/1400)" in html_text
+    assert "human_capital (R-hat" not in html_text  # within the thresholds: not named
 
 
 def test_number_formats() -> None:

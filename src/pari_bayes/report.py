@@ -659,13 +659,18 @@ def _measurement_section(run_dir: Path) -> str:
             image(run_dir, "fit/latent/loadings.png", "Latent model: item loadings, 90% intervals")
         )
         if (run_dir / "fit" / "latent" / "loadings.csv").exists():
+            parts.append(_loading_threshold_note(run_dir))
             parts.append(
                 csv_table(
                     run_dir,
                     "fit/latent/loadings.csv",
-                    columns=["lhs", "rhs", "mean", "sd", "q05", "q95", "r_hat"],
+                    columns=[
+                        c
+                        for c in ("lhs", "rhs", "mean", "sd", "q05", "q95", "r_hat", "ess_bulk")
+                        if c in _read(run_dir, "fit/latent/loadings.csv").columns
+                    ],
                     rows=lambda f: f[f["parameter"] == "standardized_loading"],
-                    headers={"lhs": "factor", "rhs": "item"},
+                    headers={"lhs": "factor", "rhs": "item", "ess_bulk": "bulk ESS"},
                 )
             )
         else:
@@ -675,6 +680,34 @@ def _measurement_section(run_dir: Path) -> str:
                 "withheld or the fit did not finish).</p>"
             )
     return "".join(parts) or '<p class="note">No measurement outputs in this run.</p>'
+
+
+def _loading_threshold_note(run_dir: Path) -> str:
+    """Name the latent loadings that miss the gate's thresholds (they are not gated)."""
+    from pari_bayes.diagnostics import GATE
+
+    table = _read(run_dir, "fit/latent/loadings.csv")
+    if table is None or "r_hat" not in table:
+        return ""
+    rows = table[table["parameter"] == "loading"].copy()
+    for col in ("r_hat", "ess_bulk", "ess_tail"):
+        rows[col] = pd.to_numeric(rows[col], errors="coerce") if col in rows else float("nan")
+    bad = rows[
+        (rows["r_hat"] > GATE["r_hat_max"])
+        | (rows["ess_bulk"] < GATE["ess_bulk_min"])
+        | (rows["ess_tail"] < GATE["ess_tail_min"])
+    ]
+    if bad.empty:
+        return ""
+    named = "; ".join(
+        f"{r.rhs} (R-hat {r.r_hat:.3f}, bulk/tail ESS {r.ess_bulk:.0f}/{r.ess_tail:.0f})"
+        for r in bad.itertuples()
+    )
+    return (
+        '<p class="fail">Loadings that miss the thresholds (R-hat &le; 1.01, ESS &ge; 400): '
+        f"{_esc(named)}. The gate applies to the effects, which passed or are marked; "
+        "these loadings' intervals are less certain than printed.</p>"
+    )
 
 
 def _identification_section(run_dir: Path) -> str:

@@ -438,7 +438,11 @@ def write_markdown(
         "multivariate, the effect on the PCA score (the PCA fitted on the observed survey, "
         "applied to potential-outcome item draws). Coverage: observed-scope DE and IE, 90% "
         "intervals, pooled over dimensions and replicates, with a 95% Clopper-Pearson "
-        "interval.",
+        "interval. Worst R-hat and min ESS: over the effect rows and every diagnosed "
+        "parameter, gated or not (the latent spec gates its effects, not its loadings or "
+        "disturbance correlations, so a passed latent fit can show R-hat 1.02 here). "
+        "Replicates fit the spec's primary model only: no LOO comparison, prior-sensitivity "
+        "or invariance refits (they do not change the gate or the coverage).",
         "",
         f"Goals: gate pass rate >= {PASS_GOAL:.0%} on the suite and on the bundled seeds; "
         f"pooled 90% coverage between {COVERAGE_GOAL[0]:.0%} and {COVERAGE_GOAL[1]:.0%}.",

@@ -256,6 +256,74 @@ def test_identification_constraints(small_model):
     np.testing.assert_allclose(np.diagonal(corr, axis1=1, axis2=2), 1.0)
 
 
+@pytest.mark.parametrize("noncentred", [["f1", "f2"], ["f1"], ["f2"]])
+def test_noncentred_households_imply_the_centred_models_law_of_eta(noncentred):
+    """[structural] noncentred: the same model in other coordinates.
+
+    With the structural terms at 0, eta = b[c] - ebar[c] + e, e = L [L_ss^-1 v; z], built
+    by the model from v ~ Normal(0, R_ss) (centred factors), z ~ Normal(0, I) (non-centred)
+    and the community means b drawn from their density (the dense Normal of
+    ``community_mean_logdensity``), must have eta's law under the centred model:
+    Normal(0, I kron R + Z (I - J / C) Z' kron T), ZeroSumNormal community deviations.
+    """
+    structural = {**SMALL_SPEC["structural"], "noncentred": noncentred}
+    spec = L.parse_latent_spec({**SMALL_SPEC, "structural": structural})
+    assert spec.noncentred == tuple(noncentred)
+    design = L.latent_design(_Survey(small_frame(n=12)), spec)
+    model = L.build_latent_model(design, spec)
+    free = {v.name for v in model.free_RVs}
+    assert {"eta_z", "community_residual_mean"} <= free and "eta" not in free
+    assert ("eta_disturbance" in free) == (len(noncentred) < 2)
+    n, k, C = design.n, len(spec.factors), len(design.communities)
+    point = {key: np.zeros_like(v) for key, v in model.initial_point().items()}
+    point["disturbance_cpc_raw_logodds__"] = np.array([1.2])  # correlation 2 / (1 + e^-1.2) - 1
+    point["community_sd_log__"] = np.log([0.7, 1.3])
+    (eta,) = model.replace_rvs_by_values([model["eta"]])
+    fn = model.compile_fn(
+        eta, inputs=model.value_vars, on_unused_input="ignore", mode="FAST_COMPILE"
+    )
+    rho = 2.0 / (1.0 + np.exp(-1.2)) - 1.0
+    R = np.array([[1.0, rho], [rho, 1.0]])
+    tau = np.array([0.7, 1.3])
+    counts = np.bincount(design.community_index, minlength=C).astype(float)
+    u = np.eye(C) - np.full((C, C), 1.0 / C)
+    b_cov = np.kron(u, np.diag(tau**2)) + np.kron(np.diag(1.0 / counts), R)
+    rng = np.random.default_rng(7)
+    draws = 6000
+    bs = rng.multivariate_normal(np.zeros(C * k), b_cov, size=draws).reshape(draws, C, k)
+    k_w = len(noncentred)
+    zs = rng.standard_normal((draws, n, k_w))
+    vs = rng.standard_normal((draws, n, k - k_w))  # R_ss = [1]: one centred factor at most
+    centred = {"eta_disturbance": None} if k_w < k else {}
+    etas = np.stack(
+        [
+            fn({**point, "eta_z": z, "community_residual_mean": b, **{c: v for c in centred}})
+            for z, b, v in zip(zs, bs, vs, strict=True)
+        ]
+    )
+    onehot = np.eye(C)[design.community_index]
+    want = np.kron(np.eye(n), R) + np.kron(onehot @ u @ onehot.T, np.diag(tau**2))
+    got = np.cov(etas.reshape(draws, n * k), rowvar=False)
+    # Monte Carlo sd of a covariance entry is about sqrt((1 + rho^2) / draws) * scale: 6 sd
+    scale = np.sqrt(np.outer(np.diag(want), np.diag(want)))
+    assert np.abs(got - want).max() < 6 * np.sqrt(2.0 / draws) * scale.max()
+    assert np.abs(etas.mean(axis=0)).max() < 6 * np.sqrt(np.diag(want).max() / draws)
+    # the correlation is stored in the spec's factor order whatever the Cholesky order
+    corr = model.compile_fn(
+        model.replace_rvs_by_values([model["disturbance_corr"]])[0],
+        inputs=model.value_vars,
+        on_unused_input="ignore",
+        mode="FAST_COMPILE",
+    )(point)
+    np.testing.assert_allclose(corr, R)
+
+
+def test_noncentred_factors_must_be_declared():
+    bad = {**SMALL_SPEC, "structural": {"covariates": ["x1"], "noncentred": ["f9"]}}
+    with pytest.raises(SpecError, match=r"noncentred = \['f9'\]; allowed: a list of the"):
+        L.parse_latent_spec(bad)
+
+
 def test_hurdle_item_is_parameterized_by_total_sd_and_variance_share(small_model):
     import pymc as pm
 

@@ -190,3 +190,40 @@ def test_zero_sum_deviation_draws_follow_the_exact_conditional_posterior():
     assert np.all(np.abs(flat.mean(axis=0) - mean) < 4 * np.sqrt(var / draws) + 1e-9)
     tol = 4 * np.sqrt(np.outer(var, var) / draws) + 1e-9
     assert np.all(np.abs(np.cov(flat.T) - cov) < tol)
+
+
+def _community_mean_cov(counts, sigma, tau, zero_sum):
+    """Dense covariance of the community means b_c = u_c + ebar_c, (C K) x (C K)."""
+    C = counts.size
+    u = np.eye(C) - (np.full((C, C), 1.0 / C) if zero_sum else 0.0)
+    return np.kron(u, np.diag(tau**2)) + np.kron(np.diag(1.0 / counts), sigma)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("zero_sum", [False, True])
+def test_community_mean_logdensity_matches_the_dense_normal(k, zero_sum):
+    """The non-centred latent model's density of the community means, by hand."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    rng = np.random.default_rng(20 + k)
+    counts = np.array([1.0, 3.0, 5.0, 2.0, 4.0])
+    a = rng.standard_normal((k, k))
+    sigma = a @ a.T + 0.5 * np.eye(k)
+    tau = np.array([0.4, 1.5, 0.05][:k])
+    b = rng.standard_normal((counts.size, k))
+    B, L, T = pt.matrix("b"), pt.matrix("chol"), pt.vector("tau")
+    f = pytensor.function(
+        [B, L, T],
+        ml.community_mean_logdensity(B, counts, L, T, k, zero_sum=zero_sum),
+        mode="FAST_COMPILE",
+    )
+    got = f(b, np.linalg.cholesky(sigma), tau)
+    cov = _community_mean_cov(counts, sigma, tau, zero_sum)
+    dense = stats.multivariate_normal(np.zeros(cov.shape[0]), cov, allow_singular=True)
+    want = dense.logpdf(b.ravel())
+    if zero_sum:
+        # ZeroSumNormal deviations: b lives in all of R^{CK} (ebar is not constrained) and
+        # the dense covariance is full rank; its density is the one the sampler needs
+        assert np.linalg.matrix_rank(cov) == cov.shape[0]
+    assert got == pytest.approx(want, rel=1e-9)

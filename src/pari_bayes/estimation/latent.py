@@ -52,6 +52,7 @@ from pari_bayes.effects import EffectTable
 from pari_bayes.errors import ConvergenceError, EstimationError, SpecError
 from pari_bayes.estimation.multilevel import (
     community_counts,
+    community_mean_logdensity,
     conditional_deviations,
     marginal_loglik,
 )
@@ -196,6 +197,9 @@ class LatentSpec:
     raw: dict[str, Any] = field(default_factory=dict)
     structural_part: bool = True  # False: a measurement-only (CFA) spec, kind = "measurement"
     identification: str = "unit_variance"  # measurement-only: the scaling reported
+    # [structural] noncentred: factors whose household disturbances are sampled non-centred
+    # (see _structural_part); the others are sampled centred
+    noncentred: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -340,6 +344,12 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
         )
     else:
         covariates = tuple(covariates)
+    noncentred = structural.get("noncentred", [])
+    if not isinstance(noncentred, list) or any(f not in factors for f in noncentred):
+        raise SpecError(
+            f"{w}[structural] noncentred = {noncentred!r}; allowed: a list of the declared "
+            f"factors ({', '.join(factors)}), e.g. the ones the items measure weakly"
+        )
     measurement = dict(raw.get("measurement", {}))
     identification = measurement.get("identification", "unit_variance")
     if identification not in IDENTIFICATIONS:
@@ -423,6 +433,7 @@ def parse_latent_spec(raw: Mapping[str, Any], source: str = "<dict>") -> LatentS
         raw=dict(raw),
         structural_part=kind == "latent",
         identification=identification,
+        noncentred=tuple(f for f in factors if f in noncentred),
     )
 
 
@@ -818,18 +829,24 @@ def build_latent_model(design: LatentDesign, spec: LatentSpec, invariance: str |
     return model
 
 
-def _disturbance_cholesky(model, spec: LatentSpec, n_fac: int):
-    """Cholesky factor of the factors' (disturbance) correlation matrix, LKJ via the C-vine."""
+def _disturbance_cholesky(model, spec: LatentSpec, n_fac: int, order: Sequence[int] | None = None):
+    """Cholesky factor of the factors' (disturbance) correlation matrix, LKJ via the C-vine.
+
+    ``order`` (a permutation of the factors) builds the factor in that order: the result is
+    the Cholesky factor of ``R[order][:, order]``. LKJ is exchangeable, so the prior of R
+    is the same in every order; ``disturbance_corr`` is stored in the spec's order.
+    """
     import pymc as pm
     import pytensor.tensor as pt
 
     if n_fac == 1:
         return pt.eye(1)
+    order = list(range(n_fac)) if order is None else list(order)
     # LKJ(eta) through the C-vine partial correlations (independent Betas): the Cholesky
     # factor is built directly, always positive definite, with no matrix check or
     # decomposition per gradient (pm.LKJCorr's logp runs a Python-mode positive-definiteness
     # check and an interval transform that can leave the positive-definite set).
-    model.add_coord("dimension_pair", _pair_labels(spec.factors))
+    model.add_coord("dimension_pair", _pair_labels([spec.factors[i] for i in order]))
     cpc_raw = pm.Beta(
         "disturbance_cpc_raw",
         alpha=cpc_beta_parameters(n_fac, spec.priors["lkj_eta"]),
@@ -837,7 +854,9 @@ def _disturbance_cholesky(model, spec: LatentSpec, n_fac: int):
         dims="dimension_pair",
     )
     chol = corr_cholesky_from_cpc(2.0 * cpc_raw - 1.0, n_fac, xp=pt)
-    pm.Deterministic("disturbance_corr", pt.dot(chol, chol.T), dims=("dimension", "dimension_bis"))
+    back = np.argsort(order)
+    corr = pt.dot(chol, chol.T)[back][:, back]
+    pm.Deterministic("disturbance_corr", corr, dims=("dimension", "dimension_bis"))
     return chol
 
 
@@ -861,6 +880,10 @@ def _structural_part(model, design: LatentDesign, spec: LatentSpec, x, part, pre
             structural = pt.zeros((design.n, n_fac))
         comm_sd = pm.HalfNormal("community_sd", pri["community_sd"], dims="dimension")
         presence_term = (presence - presence.mean())[:, None] * spill[None, :]
+        fixed = pt.dot(comm_onehot, presence_term) + structural
+        fixed = fixed + (part - part.mean())[:, None] * direct[None, :]
+        if spec.noncentred:
+            return _mixed_households(model, design, spec, comm_onehot, comm_sd, fixed)
         chol = _disturbance_cholesky(model, spec, n_fac)
         # The household factor values are sampled directly (centred); the scale of their
         # disturbance is fixed at 1, so there is no household-level funnel. The community
@@ -869,15 +892,14 @@ def _structural_part(model, design: LatentDesign, spec: LatentSpec, x, part, pre
         # after sampling from their conditional posterior (add_community_draws): with few
         # communities their sampled form made a funnel with community_sd, the divergences
         # of issue 14.
+        counts = community_counts(design)
         eta = pm.Flat("eta", dims=("household", "dimension"))
-        fixed = pt.dot(comm_onehot, presence_term) + structural
-        fixed = fixed + (part - part.mean())[:, None] * direct[None, :]
         pm.Potential(
             "eta_structural",
             marginal_loglik(
                 eta - fixed,
                 design.community_index,
-                community_counts(design),
+                counts,
                 chol,
                 comm_sd,
                 n_fac,
@@ -885,6 +907,68 @@ def _structural_part(model, design: LatentDesign, spec: LatentSpec, x, part, pre
             ),
         )
     return eta
+
+
+def _mixed_households(model, design: LatentDesign, spec: LatentSpec, comm_onehot, comm_sd, fixed):
+    """Household factor values, centred for some factors and non-centred for the others.
+
+    ``[structural] noncentred`` names the factors whose household disturbances are sampled
+    non-centred: the same model as the centred one (:func:`_structural_part`), in other
+    coordinates. With the factors ordered centred first (s), non-centred last (w), and
+    ``L`` the Cholesky factor of R in that order::
+
+        eta_i = fixed_i + b_c + (e_i - ebar_c),   e_i = L [L_ss^{-1} v_i ; z_i]
+        v_i ~ Normal(0, R_ss)  (centred),   z_i ~ Normal(0, I)  (non-centred)
+        b_c ~ the exact density of u_c + ebar_c, u ZeroSumNormal(community_sd), integrated
+              (multilevel.community_mean_logdensity: variance >= R / n_c, no funnel)
+
+    ``(v_i, z_i)`` iid make ``e_i ~ Normal(0, R)``; its within-community part
+    ``e_i - ebar_c`` is independent of ``ebar_c``, which ``b_c`` carries. A weakly measured
+    factor's values are imputed from the others through R; sampled centred, a correlation
+    moves only when all n values move with it. Non-centred and last in the Cholesky order,
+    its correlations move its own values only, which its items barely constrain, and leave
+    the well-measured factors' values alone. ``ebar_c`` of (v, z) does not enter eta: those
+    directions keep their prior.
+    """
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    n_fac = len(spec.factors)
+    weak = [i for i, f in enumerate(spec.factors) if f in spec.noncentred]
+    strong = [i for i in range(n_fac) if i not in weak]
+    order = strong + weak
+    back = np.argsort(order)
+    chol = _disturbance_cholesky(model, spec, n_fac, order=order)  # of R in `order`
+    counts = community_counts(design)
+    with model:
+        cols = []
+        density = 0.0
+        if strong:
+            model.add_coord("dimension_centred", [spec.factors[i] for i in strong])
+            v = pm.Flat("eta_disturbance", dims=("household", "dimension_centred"))
+            for k in range(len(strong)):  # L_ss^{-1} v by forward substitution
+                acc = v[:, k]
+                for j in range(k):
+                    acc = acc - chol[k, j] * cols[j]
+                cols.append(acc / chol[k, k])
+            std = pt.stack(cols, axis=1)
+            density = -0.5 * pt.sum(std**2) - design.n * pt.sum(
+                pt.log(pt.diagonal(chol)[: len(strong)])
+            )
+        model.add_coord("dimension_noncentred", [spec.factors[i] for i in weak])
+        z = pm.Normal("eta_z", 0.0, 1.0, dims=("household", "dimension_noncentred"))
+        zeta = pt.concatenate([std, z], axis=1) if strong else z
+        e = pt.dot(zeta, chol.T)[:, back]  # e_i ~ Normal(0, R), the spec's factor order
+        ebar = pt.dot(comm_onehot.T, e) / counts[:, None]
+        b = pm.Flat("community_residual_mean", dims=("community", "dimension"))
+        # community_mean_logdensity uses chol only through chol chol' = R
+        sigma_rows = chol[back]
+        density = density + community_mean_logdensity(
+            b, counts, sigma_rows, comm_sd, n_fac, zero_sum=True
+        )
+        pm.Potential("eta_structural", density)
+        eta = fixed + pt.dot(comm_onehot, b - ebar) + e
+        return pm.Deterministic("eta", eta, dims=("household", "dimension"))
 
 
 def _measurement_part(model, design: LatentDesign, spec: LatentSpec, eta, comm_onehot, invariance):
@@ -1383,7 +1467,7 @@ WEAK_MEASUREMENT = 0.2
 #: Per-household, per-draw posterior variables kept in memory but not written to
 #: ``posterior.nc`` (about 37 MB on the bundled survey): the factor values ``eta`` are
 #: summarised by the ``factor_scores`` group (posterior mean and sd per household).
-POSTERIOR_NOT_STORED = ("eta",)
+POSTERIOR_NOT_STORED = ("eta", "eta_z", "eta_disturbance")
 
 
 def measurement_information(idata, spec: LatentSpec) -> pd.Series:

@@ -390,15 +390,8 @@ def marginal_loglik(resid, community_index, counts, chol, tau, n_dims: int, zero
     if K == 1:  # one outcome: every matrix is a scalar
         sd = chol[0, 0]
         within = -0.5 * pt.sum(dev**2) / sd**2 - (n - C) * pt.log(sd)
-        m = tau[0] ** 2 + sd**2 / counts
-        between = -0.5 * pt.sum(rbar[:, 0] ** 2 / m) - 0.5 * pt.sum(pt.log(m))
-        total = within + between - 0.5 * pt.sum(pt.log(counts)) - 0.5 * n * log2pi
-        if zero_sum:  # s | r ~ Normal(h / sqrt(C), 1 - g / C)
-            g = pt.sum(tau[0] ** 2 / m)
-            h = pt.sum(tau[0] * rbar[:, 0] / m)
-            v = 1.0 - g / C
-            total = total - 0.5 * pt.log(v) - 0.5 * h**2 / (C * v)
-        return total
+        within = within - 0.5 * pt.sum(pt.log(counts)) - 0.5 * (n - C) * log2pi
+        return within + community_mean_logdensity(rbar, counts, chol, tau, 1, zero_sum)
     # check_finite=False: a non-finite proposal (early tuning) gives a NaN log density,
     # which the sampler rejects, instead of an exception that stops the chain
     chol_inv = pt.linalg.solve_triangular(chol, pt.eye(K), lower=True, check_finite=False)
@@ -408,6 +401,18 @@ def marginal_loglik(resid, community_index, counts, chol, tau, n_dims: int, zero
         - (n - C) * pt.sum(pt.log(pt.diag(chol)))
         - 0.5 * K * pt.sum(pt.log(counts))
     )
+    between = _between_loglik(rbar, counts, chol, tau, n_dims, zero_sum)
+    return within + between - 0.5 * n * K * log2pi
+
+
+def _between_loglik(rbar, counts, chol, tau, n_dims: int, zero_sum: bool):
+    """``sum_c log N(rbar_c; 0, T + Sigma / n_c)`` without its ``2 pi`` constant (K > 1).
+
+    With ``zero_sum``, times the ZeroSumNormal correction of :func:`marginal_loglik`.
+    """
+    import pytensor.tensor as pt
+
+    C = counts.shape[0]
     sigma = pt.dot(chol, chol.T)
     m = pt.diag(tau**2)[None, :, :] + sigma[None, :, :] / counts[:, None, None]
     lc = pt.linalg.cholesky(m, check_finite=False, on_error="nan")  # batched over communities
@@ -421,9 +426,52 @@ def marginal_loglik(resid, community_index, counts, chol, tau, n_dims: int, zero
         xs.append(acc / lc[:, k, k])
     x = pt.stack(xs, axis=1)
     between = -0.5 * pt.sum(x**2) - pt.sum(pt.log(pt.diagonal(lc, axis1=1, axis2=2)))
-    total = within + between - 0.5 * n * K * log2pi
     if zero_sum:
-        total = total + _zero_sum_correction(lc, x, tau, n_dims, C)
+        between = between + _zero_sum_correction(lc, x, tau, n_dims, C)
+    return between
+
+
+def community_mean_logdensity(b, counts, chol, tau, n_dims: int, zero_sum: bool = False):
+    """Log density of the community means of the residuals (PyTensor graph).
+
+    ``b_c = u_c + ebar_c``: the community deviation plus the mean of its ``n_c`` household
+    disturbances, so ``b_c ~ Normal(0, T + Sigma / n_c)`` independently over communities
+    (``T = diag(tau^2)``, ``Sigma = chol chol'``), and with ``zero_sum`` the deviations
+    ``u`` are ZeroSumNormal, which multiplies the density by the correction of
+    :func:`marginal_loglik`. This is the between-community factor of
+    :func:`marginal_loglik`: the latent model's non-centred household parameterization
+    samples ``b`` with this density and the within-community part non-centred. Its variance
+    never falls below ``Sigma / n_c``, so ``tau -> 0`` makes no funnel.
+
+    Parameters
+    ----------
+    b
+        (C, K) community means of the residuals.
+    counts
+        (C,) households per community.
+    chol
+        (K, K) lower Cholesky factor of the household-level covariance.
+    tau
+        (K,) sd of the community deviations.
+    n_dims
+        K.
+    zero_sum
+        ZeroSumNormal deviations (the latent model's location restriction).
+    """
+    import pytensor.tensor as pt
+
+    C, K = counts.shape[0], n_dims
+    const = -0.5 * C * K * np.log(2 * np.pi)
+    if K > 1:
+        return _between_loglik(b, counts, chol, tau, n_dims, zero_sum) + const
+    sd = chol[0, 0]
+    m = tau[0] ** 2 + sd**2 / counts
+    total = -0.5 * pt.sum(b[:, 0] ** 2 / m) - 0.5 * pt.sum(pt.log(m)) + const
+    if zero_sum:  # s | b ~ Normal(h / sqrt(C), 1 - g / C)
+        g = pt.sum(tau[0] ** 2 / m)
+        h = pt.sum(tau[0] * b[:, 0] / m)
+        v = 1.0 - g / C
+        total = total - 0.5 * pt.log(v) - 0.5 * h**2 / (C * v)
     return total
 
 

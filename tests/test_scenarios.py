@@ -302,6 +302,15 @@ def test_summaries_from_replicate_rows(tmp_path: Path) -> None:
     planned = len(rob.all_scenarios()) * len(rob.SPECS)
     assert f"PARTIAL RUN: 3 of the {planned} replicates" in text  # 3 rows of 111: said
     assert "table4 on a, b" in text and "latent on a" in text
+    assert "## Passed, with ungated parameters off the thresholds (0)" in text
+    runs["worst_parameters"] = ["", "x (R-hat 1.050, ESS 120/90)", "rho (R-hat 1.030, ESS 99/300)"]
+    causes = {("a", "latent"): "weak factor"}
+    rob.write_markdown(runs, coverage, tmp_path / "robustness.md", causes)
+    text = (tmp_path / "robustness.md").read_text()
+    section = text.split("## Passed, with ungated parameters off the thresholds (1)")[1]
+    section = section.split("## Coverage")[0]
+    assert "| a | latent |" in section and "rho (R-hat 1.030" in section
+    assert "| weak factor |" in section and "| b | table4 |" not in section  # b failed
 
 
 @pytest.mark.slow

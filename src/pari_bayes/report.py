@@ -453,8 +453,8 @@ def _gate_section(run_dir: Path) -> str:
         headers={
             "effects_max_r_hat": "effects: max R-hat",
             "effects_min_ess_bulk": "effects: min bulk ESS",
-            "params_max_r_hat": "parameters: max R-hat",
-            "params_min_ess_tail": "parameters: min tail ESS",
+            "params_max_r_hat": "all parameters, gated or not: max R-hat",
+            "params_min_ess_tail": "all parameters: min tail ESS",
         },
     )
     warnings = _dedupe_warnings(gate)

@@ -112,8 +112,11 @@ def gate_summary(result: Any) -> dict[str, Any]:
     """Summarise the convergence gate of a fit in one row.
 
     The gate applies to every reported quantity (the effect rows, whose R-hat and bulk ESS
-    are in ``effects.csv``) and to the parameters the estimator gates; the worst values of
-    both are shown, with the run's divergences.
+    are in ``effects.csv``) and to the parameters the estimator gates. ``effects_*`` are the
+    worst values over the effect rows; ``params_*`` over every diagnosed parameter, gated or
+    not (the latent estimator gates its loadings and disturbance correlations only with
+    ``[gate] parameters = true``), so a passed fit can show ``params_max_r_hat`` above the
+    threshold. ``passed`` is the estimator's own verdict, with the run's divergences.
     """
     effects = getattr(result, "effects", None)
     diag = getattr(result, "diagnostics", None)

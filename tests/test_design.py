@@ -232,9 +232,15 @@ def test_a_failing_task_does_not_take_the_others_down():
 
 
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
+    # 2 designs x 5,000 replicates: several flushes (one every 2 s) of work on a fast
+    # machine, so the kill after the first chunk lands mid-sweep (at 1,000 replicates a
+    # fast machine finished the rest before the signal arrived)
+    replicates = 5000
+    n_tasks = 2 * replicates
     spec_path = tmp_path / "sweep.toml"
     spec_path.write_text(
-        "[design]\nname='kill'\nseed=11\nreplicates=1000\ndimensions=['d1']\nestimands=['IE']\n"
+        f"[design]\nname='kill'\nseed=11\nreplicates={replicates}\ndimensions=['d1']\n"
+        "estimands=['IE']\n"
         "[grid]\ncommunities=[4, 8]\nhouseholds=[6]\n"
         "[truth.d1]\nde=0.2\nie=0.3\nicc=0.1\n"
         "[estimators.ols]\ntests=['cr2']\n",
@@ -257,7 +263,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) != 0
     partial = len(store.done())
-    assert 0 < partial < 2000
+    assert 0 < partial < n_tasks
     assert not (out / "diagnosands.csv").exists()  # no summary of a half-done sweep
     done = subprocess.run(
         [*cmd, "--resume", "--workers", "0", "--no-progress"],
@@ -274,7 +280,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     pd.testing.assert_frame_equal(
         resumed.drop(columns=CLOCK), reference.replicates.drop(columns=CLOCK)
     )
-    assert len(resumed) == 2000 and resumed["task"].nunique() == 2000
+    assert len(resumed) == n_tasks and resumed["task"].nunique() == n_tasks
     assert (out / "diagnosands.csv").is_file() and (out / "power_curves.png").is_file()
     assert "Smallest design" in done.stdout
 

@@ -388,6 +388,11 @@ def _pct(x: Any) -> str:
     return f"{100 * v:.3g}%" if math.isfinite(v) else "-"
 
 
+def _cause(row: Any, causes: dict[tuple[str, str], str]) -> str:
+    """Return the written cause of a replicate's row, as a table cell."""
+    return causes.get((str(row["scenario"]), str(row["spec"])), "").replace("|", "/")
+
+
 def write_markdown(
     runs: pd.DataFrame,
     coverage: pd.DataFrame,
@@ -490,7 +495,7 @@ def write_markdown(
         for _, r in failures.iterrows():
             reason = str(r.get("reason") or r.get("error") or "").replace("|", "/")[:300]
             worst = str(r.get("worst_parameters") or "").replace("|", "/")
-            cause = causes.get((str(r["scenario"]), str(r["spec"])), "").replace("|", "/")
+            cause = _cause(r, causes)
             lines.append(
                 f"| {r['scenario']} | {r['spec']} | {_fmt(r.get('rung'))} / "
                 f"{_fmt(r.get('attempts'))} | {_fmt(r.get('divergences'))} | "
@@ -498,8 +503,8 @@ def write_markdown(
                 f"{_fmt(r.get('min_ess_tail'))} | {_fmt(r.get('wall_s'))} | {reason} | "
                 f"{worst} | {cause} |"
             )
-    worst = runs.get("worst_parameters", pd.Series("", index=runs.index))
-    ungated = runs[runs["gate_passed"].astype(bool) & worst.fillna("").astype(str).ne("")]
+    named = runs.get("worst_parameters", pd.Series("", index=runs.index))
+    ungated = runs[runs["gate_passed"].astype(bool) & named.fillna("").astype(str).ne("")]
     lines += ["", f"## Passed, with ungated parameters off the thresholds ({len(ungated)})", ""]
     if ungated.empty:
         lines.append("None: every passed fit has every diagnosed parameter within them.")
@@ -507,8 +512,8 @@ def write_markdown(
         lines += [
             "The gate judges the reported effects; these fits passed it, but parameters it "
             "does not gate (loadings, disturbance correlations, covariate slopes) miss "
-            "R-hat <= 1.01 or ESS >= 400. Their values are not reported as results; read "
-            "them with care. Cause: the analysis in "
+            "R-hat <= 1.01 or ESS >= 400. They are not the reported effects, and the run "
+            "warns about them; read them with care. Cause: the analysis in "
             f"`{CAUSES_FILE}` (blank where none was done).",
             "",
             "| scenario | spec | worst R-hat | min ESS bulk / tail | wall s | worst parameters "
@@ -516,7 +521,7 @@ def write_markdown(
             "|---|---|---|---|---|---|---|",
         ]
         for _, r in ungated.iterrows():
-            cause = causes.get((str(r["scenario"]), str(r["spec"])), "").replace("|", "/")
+            cause = _cause(r, causes)
             lines.append(
                 f"| {r['scenario']} | {r['spec']} | {_fmt(r.get('max_r_hat'), 4)} | "
                 f"{_fmt(r.get('min_ess_bulk'))} / {_fmt(r.get('min_ess_tail'))} | "
